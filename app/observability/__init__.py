@@ -1,0 +1,225 @@
+"""Observability for the AI risk engine: metrics, traces, costs, audit, in-process.
+
+Build everything from one container::
+
+    from app.observability import Observability
+
+    with Observability() as obs:
+        obs.metrics.increment("request_count", tenant_id="t1")
+        obs.flush()
+        obs.metrics.export_metrics()["request_count"]
+
+The container builds the collector pipeline (one thread per store, see
+:mod:`collectors`) and the services on top of it, and injects them into each
+other. It holds no global state: two containers in one process share nothing.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+import asyncio
+
+from app.observability.audit import AuditLogger
+from app.observability.catalog import build_catalog
+from app.observability.cost_tracker import CostEstimate, CostTracker
+from app.observability.evaluation import EvaluationResult, EvaluationService
+from app.observability.failure_classifier import FailureCategory, FailureClassifier
+from app.observability.langfuse_client import Generation, LangfuseClient
+from app.observability.metrics import MetricsCollector
+from app.observability.settings import (
+    MetricsServerSettings,
+    ModelPrice,
+    ObservabilitySettings,
+)
+from app.observability.tracing import Span, SpanContext, TracingService
+from collectors.audit import AuditStoreCollector
+from collectors.cost import CostStoreCollector
+from collectors.metrics import MetricsStoreCollector
+from collectors.pipeline import FlushResult, Pipeline, PipelineHealth, PipelineState
+from collectors.trace import TraceStoreCollector
+
+__all__ = (
+    "AuditLogger",
+    "CostEstimate",
+    "CostTracker",
+    "EvaluationResult",
+    "EvaluationService",
+    "FailureCategory",
+    "FailureClassifier",
+    "FlushResult",
+    "Generation",
+    "LangfuseClient",
+    "MetricsCollector",
+    "MetricsServerSettings",
+    "ModelPrice",
+    "Observability",
+    "ObservabilitySettings",
+    "PipelineHealth",
+    "PipelineState",
+    "Span",
+    "SpanContext",
+    "TracingService",
+)
+
+
+class Observability:
+    """The dependency-injection container of the observability layer.
+
+    Args:
+        settings: The configuration; defaults to ``ObservabilitySettings()``.
+        start: Start the collector threads now (default). With ``False``,
+            records are queued until :meth:`start`.
+
+    Attributes:
+        metrics: :class:`MetricsCollector` facade.
+        tracing: :class:`TracingService`.
+        langfuse: :class:`LangfuseClient` (generations, in-process).
+        evaluation: :class:`EvaluationService`.
+        costs: :class:`CostTracker`.
+        failures: :class:`FailureClassifier`.
+        audit: :class:`AuditLogger`.
+        pipeline: The :class:`~collectors.pipeline.Pipeline` of collectors.
+    """
+
+    def __init__(self, settings: ObservabilitySettings | None = None, *, start: bool = True) -> None:
+        self.settings = settings = settings or ObservabilitySettings()
+        queue_kwargs = {
+            "maxsize": settings.queue_maxsize,
+            "batch_size": settings.drain_batch_size,
+            "overflow": settings.overflow_policy,
+            "block_timeout": settings.block_timeout_seconds,
+        }
+        catalog = build_catalog(
+            latency_buckets=settings.latency_buckets,
+            node_latency_buckets=settings.node_latency_buckets,
+        )
+        span_redactor = audit_redactor = None
+        if settings.redact:
+            from app.observability.redaction import redact_audit_record, redact_span_record
+
+            span_redactor, audit_redactor = redact_span_record, redact_audit_record
+        metrics_actor = MetricsStoreCollector(
+            catalog,
+            max_series_per_metric=settings.max_series_per_metric,
+            relative_accuracy=settings.quantile_relative_accuracy,
+            **queue_kwargs,
+        )
+        audit_actor = AuditStoreCollector(
+            capacity=settings.audit_buffer_size, redactor=audit_redactor, **queue_kwargs
+        )
+        trace_actor = TraceStoreCollector(
+            capacity=settings.trace_buffer_size, redactor=span_redactor, **queue_kwargs
+        )
+        cost_actor = CostStoreCollector(
+            budgets=settings.budgets,
+            budget_thresholds=settings.budget_thresholds,
+            max_tracked_requests=settings.max_tracked_requests,
+            metrics=metrics_actor,
+            audit=audit_actor,
+            **queue_kwargs,
+        )
+        self.pipeline = Pipeline(
+            (metrics_actor, cost_actor, trace_actor, audit_actor),
+            close_timeout=settings.close_timeout_seconds,
+            drain_at_exit=settings.drain_at_exit,
+        )
+        read_timeout = settings.flush_timeout_seconds
+        self.audit = AuditLogger(audit_actor, read_timeout=read_timeout)
+        self.metrics = MetricsCollector(
+            metrics_actor, catalog, pipeline=self.pipeline, costs=cost_actor,
+            traces=trace_actor, max_label_value_length=settings.max_label_value_length,
+            read_timeout=read_timeout,
+        )
+        self.costs = CostTracker(
+            cost_actor, settings.price_table, unpriced_policy=settings.unpriced_policy,
+            read_timeout=read_timeout,
+        )
+        self.tracing = TracingService(
+            trace_actor, sample_ratio=settings.sample_ratio, id_seed=settings.id_seed
+        )
+        self.failures = FailureClassifier(metrics=self.metrics, audit=self.audit)
+        self.langfuse = LangfuseClient(tracing=self.tracing, costs=self.costs, metrics=metrics_actor)
+        self.evaluation = EvaluationService(audit=self.audit, metrics=self.metrics)
+        self._server = None
+        if start:
+            self.start()
+
+    # --- lifecycle ------------------------------------------------------------
+
+    @property
+    def state(self) -> PipelineState:
+        """``created``, ``running`` or ``closed``."""
+        return self.pipeline.state
+
+    def start(self) -> Self:
+        """Start the collector threads (and the ``/metrics`` server if enabled).
+
+        Raises:
+            RuntimeError: The container is closed.
+        """
+        self.pipeline.start()
+        server_settings = self.settings.metrics_server
+        if server_settings.enabled and self._server is None:
+            from app.observability.http_server import MetricsServer
+
+            self._server = MetricsServer(
+                self.metrics.families, host=server_settings.host, port=server_settings.port
+            )
+            self._server.start()
+        return self
+
+    @property
+    def metrics_server(self) -> object | None:
+        """The running ``/metrics`` server, if enabled."""
+        return self._server
+
+    def flush(self, timeout: float | None = None) -> FlushResult:
+        """Wait until every record enqueued before the call is applied (bounded).
+
+        Returns:
+            A :class:`FlushResult`, truthy only when complete.
+        """
+        return self.pipeline.flush(
+            self.settings.flush_timeout_seconds if timeout is None else timeout
+        )
+
+    async def aflush(self, timeout: float | None = None) -> FlushResult:
+        """Async :meth:`flush`; works on any event loop."""
+        return await self.pipeline.aflush(
+            self.settings.flush_timeout_seconds if timeout is None else timeout
+        )
+
+    def close(self, timeout: float | None = None) -> FlushResult:
+        """Drain and stop everything. Idempotent and bounded by ``timeout``."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop(1.0)
+        return self.pipeline.close(timeout)
+
+    async def aclose(self, timeout: float | None = None) -> FlushResult:
+        """:meth:`close` without blocking the event loop."""
+        return await asyncio.to_thread(self.close, timeout)
+
+    def health(self) -> PipelineHealth:
+        """Each collector's state, queue depth, applied/dropped counts and errors."""
+        return self.pipeline.health()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self.start()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

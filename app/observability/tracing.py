@@ -1,0 +1,497 @@
+"""``TracingService``: spans with W3C ids, propagated through ``contextvars``.
+
+The current span lives in a ``ContextVar`` owned by the service instance (two
+containers never see each other's spans). That gives the propagation Python
+already provides for context variables: across ``await``, into tasks created
+from the current task (they copy the context), and into threads that run in a
+copied context (``asyncio.to_thread``, ``contextvars.copy_context().run``).
+
+A span costs a few microseconds: ids come from a per-service PRNG, the start
+is one wall-clock read plus a monotonic read, and only the finished span is
+sent, as one immutable :class:`~collectors.records.SpanRecord`, to the trace
+actor (:class:`collectors.trace.TraceStoreCollector`). Sampling is
+parent-based with a trace-id ratio (like OpenTelemetry's
+``ParentBased(TraceIdRatioBased)``); it only decides which spans are stored
+and exported -- metrics, costs and failure counts never depend on it.
+
+Hierarchy used by the workflow: ``workflow`` (root, one per request) ->
+``node`` (one per LangGraph node) -> ``generation`` (one per LLM call).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import re
+import time
+import weakref
+from collections.abc import Mapping
+from contextvars import ContextVar, Token
+from types import TracebackType
+from typing import Any, NamedTuple, Self
+
+from collectors.records import AttributeValue, SpanEvent, SpanRecord
+from collectors.trace import TraceStoreCollector
+
+__all__ = ("Span", "SpanContext", "SpanScope", "TracingService", "parse_traceparent")
+
+_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
+_KINDS = frozenset({"workflow", "node", "generation", "internal"})
+_STATUSES = frozenset({"ok", "error", "unset"})
+_MAX_ERROR_MESSAGE = 1_024
+_MASK64 = (1 << 64) - 1
+
+
+class SpanContext(NamedTuple):
+    """The propagated identity of a span (what ``traceparent`` carries)."""
+
+    trace_id: int
+    span_id: int
+    sampled: bool
+    remote: bool = False
+
+    @property
+    def trace_id_hex(self) -> str:
+        """32 lowercase hex digits."""
+        return f"{self.trace_id:032x}"
+
+    @property
+    def span_id_hex(self) -> str:
+        """16 lowercase hex digits."""
+        return f"{self.span_id:016x}"
+
+    @property
+    def traceparent(self) -> str:
+        """The W3C ``traceparent`` header value (version 00)."""
+        return f"00-{self.trace_id:032x}-{self.span_id:016x}-{'01' if self.sampled else '00'}"
+
+
+def parse_traceparent(value: str) -> SpanContext | None:
+    """Parse a W3C ``traceparent`` value; ``None`` if it is not valid.
+
+    Follows the Trace Context rules: lowercase hex, version ``ff`` invalid,
+    all-zero ids invalid, version ``00`` with no trailing fields; a higher
+    version may carry more fields after the four known ones.
+    """
+    if not isinstance(value, str):
+        return None
+    match = _TRACEPARENT.match(value.strip())
+    if match is None:
+        return None
+    version, trace_hex, span_hex, flags, rest = match.groups()
+    if version == "ff" or (version == "00" and rest):
+        return None
+    trace_id, span_id = int(trace_hex, 16), int(span_hex, 16)
+    if trace_id == 0 or span_id == 0:
+        return None
+    return SpanContext(trace_id, span_id, bool(int(flags, 16) & 1), remote=True)
+
+
+class Span:
+    """A started span. Mutable until it ends; then it is sent as a record.
+
+    Create spans with :meth:`TracingService.start_span` or
+    :meth:`TracingService.span`, not directly.
+    """
+
+    __slots__ = (
+        "_perf_start", "_token", "attributes", "correlation_id", "end_ns", "events", "kind",
+        "name", "parent", "request_id", "sampled", "span_id", "start_ns", "status",
+        "tenant_id", "trace_id",
+    )
+
+    def __init__(
+        self, name: str, kind: str, trace_id: int, span_id: int, parent: Span | SpanContext | None,
+        sampled: bool, attributes: dict[str, AttributeValue],
+        tenant_id: str | None, correlation_id: str | None, request_id: str | None,
+    ) -> None:
+        self.name = name
+        self.kind = kind
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent = parent
+        self.sampled = sampled
+        self.attributes = attributes
+        self.tenant_id = tenant_id
+        self.correlation_id = correlation_id
+        self.request_id = request_id
+        self.events: list[SpanEvent] = []
+        self.status = "unset"
+        self.end_ns = 0
+        self.start_ns = time.time_ns()
+        self._perf_start = time.perf_counter_ns()
+        self._token: Token[Span | SpanContext | None] | None = None
+
+    @property
+    def context(self) -> SpanContext:
+        """This span's propagated identity."""
+        return SpanContext(self.trace_id, self.span_id, self.sampled)
+
+    @property
+    def trace_id_hex(self) -> str:
+        """32 lowercase hex digits."""
+        return f"{self.trace_id:032x}"
+
+    @property
+    def span_id_hex(self) -> str:
+        """16 lowercase hex digits."""
+        return f"{self.span_id:016x}"
+
+    @property
+    def parent_span_id(self) -> int:
+        """The parent's span id, 0 for a root span."""
+        return self.parent.span_id if self.parent is not None else 0
+
+    @property
+    def ended(self) -> bool:
+        """Whether the span has ended."""
+        return self.end_ns != 0
+
+    def elapsed_seconds(self) -> float:
+        """Seconds since the span started (monotonic clock)."""
+        return (time.perf_counter_ns() - self._perf_start) / 1e9
+
+    def set_attribute(self, key: str, value: AttributeValue) -> None:
+        """Set one attribute.
+
+        Raises:
+            TypeError: ``value`` is not a str, bool, int or float.
+            ValueError: ``key`` is empty or ``value`` is a non-finite float.
+        """
+        _check_attribute(key, value)
+        self.attributes[key] = value
+
+    def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
+        """Set several attributes (same rules as :meth:`set_attribute`)."""
+        for key, value in attributes.items():
+            self.set_attribute(key, value)
+
+    def add_event(self, name: str, **attributes: AttributeValue) -> None:
+        """Add a timestamped event."""
+        if not isinstance(name, str) or not name:
+            raise ValueError("event name must be a non-empty str")
+        for key, value in attributes.items():
+            _check_attribute(key, value)
+        self.events.append(SpanEvent(name, time.time_ns(), tuple(attributes.items())))
+
+    def record_exception(self, exc: BaseException) -> None:
+        """Mark the span as failed and add an ``exception`` event."""
+        self.status = "error"
+        self.events.append(SpanEvent("exception", time.time_ns(), (
+            ("exception.type", _qualname(exc)),
+            ("exception.message", str(exc)[:_MAX_ERROR_MESSAGE]),
+        )))
+
+    def __repr__(self) -> str:
+        return f"<Span {self.kind}:{self.name} {self.trace_id:032x}/{self.span_id:016x}>"
+
+
+class SpanScope:
+    """``with`` / ``async with`` form of a span: started on entry, ended on exit.
+
+    An exception leaving the block marks the span as an error (with the
+    exception's class) and propagates unchanged.
+    """
+
+    __slots__ = ("_kwargs", "_name", "_service", "span")
+
+    def __init__(self, service: TracingService, name: str, kwargs: dict[str, Any]) -> None:
+        self._service = service
+        self._name = name
+        self._kwargs = kwargs
+        self.span: Span | None = None
+
+    def __enter__(self) -> Span:
+        self.span = self._service.start_span_sync(self._name, **self._kwargs)
+        return self.span
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        assert self.span is not None
+        self._service.end_span_sync(self.span, error=exc)
+
+    async def __aenter__(self) -> Span:
+        return self.__enter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+class TracingService:
+    """Starts and ends spans; keeps the current span in a context variable.
+
+    Args:
+        collector: The trace actor finished spans are sent to.
+        sample_ratio: Share of new traces that are recorded (0..1).
+        id_seed: Seed for deterministic ids (tests); random otherwise.
+    """
+
+    def __init__(
+        self,
+        collector: TraceStoreCollector | None,
+        *,
+        sample_ratio: float = 1.0,
+        id_seed: int | None = None,
+    ) -> None:
+        if not 0.0 <= sample_ratio <= 1.0:
+            raise ValueError(f"sample_ratio must be in [0, 1], got {sample_ratio!r}")
+        self._collector = collector
+        self._sample_bound = round(sample_ratio * (1 << 64))
+        self._id_seed = id_seed
+        self._rng = random.Random(id_seed)
+        self._current: ContextVar[Span | SpanContext | None] = ContextVar(
+            f"observability_current_span_{id(self):x}", default=None
+        )
+        if id_seed is None:  # a forked child must not repeat the parent's ids
+            ref = weakref.ref(self)
+            os.register_at_fork(after_in_child=lambda: _reseed(ref))
+
+    # --- context ----------------------------------------------------------
+
+    def current_span(self) -> Span | None:
+        """The active local span in this context, if any."""
+        current = self._current.get()
+        return current if isinstance(current, Span) else None
+
+    def current_context(self) -> SpanContext | None:
+        """The active span's identity (local or remote), if any."""
+        current = self._current.get()
+        if current is None:
+            return None
+        return current.context if isinstance(current, Span) else current
+
+    def inject(self, carrier: dict[str, str] | None = None) -> dict[str, str]:
+        """Write the current ``traceparent`` into ``carrier`` (a new dict if omitted)."""
+        carrier = {} if carrier is None else carrier
+        context = self.current_context()
+        if context is not None:
+            carrier["traceparent"] = context.traceparent
+        return carrier
+
+    def extract(self, carrier: Mapping[str, str]) -> SpanContext | None:
+        """Read a remote parent from a ``traceparent`` entry (case-insensitive key)."""
+        for key, value in carrier.items():
+            if key.lower() == "traceparent":
+                return parse_traceparent(value)
+        return None
+
+    def attach(self, context: SpanContext) -> Token[Span | SpanContext | None]:
+        """Make a remote context current (e.g. from :meth:`extract`); undo with :meth:`detach`."""
+        return self._current.set(context)
+
+    def detach(self, token: Token[Span | SpanContext | None]) -> None:
+        """Undo :meth:`attach`."""
+        self._current.reset(token)
+
+    # --- spans --------------------------------------------------------------
+
+    def start_span_sync(
+        self,
+        name: str,
+        *,
+        kind: str = "internal",
+        parent: Span | SpanContext | None = None,
+        root: bool = False,
+        tenant_id: str | None = None,
+        correlation_id: str | None = None,
+        request_id: str | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+    ) -> Span:
+        """Start a span and make it current in this context.
+
+        The parent is ``parent`` if given, else the current span (unless
+        ``root``). ``tenant_id``, ``correlation_id`` and ``request_id`` are
+        inherited from a local parent when not given, and set as attributes.
+
+        Raises:
+            ValueError: Empty name, unknown kind, empty id, bad attribute.
+            TypeError: A wrong attribute or id type.
+        """
+        if type(name) is not str or not name:
+            raise ValueError("span name must be a non-empty str")
+        if kind not in _KINDS:
+            raise ValueError(f"span kind must be one of {sorted(_KINDS)}, got {kind!r}")
+        if parent is None and not root:
+            parent = self._current.get()
+        attrs: dict[str, AttributeValue] = {}
+        if type(parent) is Span:
+            tenant_id = tenant_id if tenant_id is not None else parent.tenant_id
+            correlation_id = correlation_id if correlation_id is not None else parent.correlation_id
+            request_id = request_id if request_id is not None else parent.request_id
+        if tenant_id is not None:
+            attrs["tenant_id"] = _check_id("tenant_id", tenant_id)
+        if correlation_id is not None:
+            attrs["correlation_id"] = _check_id("correlation_id", correlation_id)
+        if request_id is not None:
+            attrs["request_id"] = _check_id("request_id", request_id)
+        if attributes:
+            for key, value in attributes.items():
+                _check_attribute(key, value)
+                attrs[key] = value
+        getrandbits = self._rng.getrandbits
+        if parent is None:
+            trace_id = getrandbits(128) or 1
+            sampled = (trace_id & _MASK64) < self._sample_bound
+        else:
+            trace_id = parent.trace_id
+            sampled = parent.sampled
+        span = Span(name, kind, trace_id, getrandbits(64) or 1, parent, sampled, attrs,
+                    tenant_id, correlation_id, request_id)
+        span._token = self._current.set(span)
+        return span
+
+    async def start_span(self, name: str, **kwargs: Any) -> Span:
+        """Async form of :meth:`start_span_sync`; the span becomes current in the caller."""
+        return self.start_span_sync(name, **kwargs)
+
+    def end_span_sync(
+        self, span: Span, *, status: str | None = None, error: BaseException | None = None
+    ) -> SpanRecord:
+        """End ``span``, restore its parent as current, and send the record.
+
+        Args:
+            span: A span from :meth:`start_span_sync`.
+            status: ``"ok"``, ``"error"`` or ``"unset"`` (default: ``"error"``
+                if ``error`` is given or an exception was recorded, else ``"ok"``).
+            error: The exception that ended the span, if any.
+
+        Returns:
+            The finished, immutable record.
+
+        Raises:
+            TypeError: ``span`` is not a :class:`Span`.
+            RuntimeError: The span has already ended.
+        """
+        if type(span) is not Span:
+            raise TypeError(f"end_span needs a Span, got {type(span).__name__}")
+        if span.end_ns:
+            raise RuntimeError(f"span {span.name!r} has already ended")
+        span.end_ns = span.start_ns + (time.perf_counter_ns() - span._perf_start)
+        error_type = error_message = None
+        if error is not None:
+            span.record_exception(error)
+            error_type = _qualname(error)
+            error_message = str(error)[:_MAX_ERROR_MESSAGE]
+        if status is not None:
+            if status not in _STATUSES:
+                raise ValueError(f"status must be one of {sorted(_STATUSES)}, got {status!r}")
+            span.status = status
+        elif span.status == "unset":
+            span.status = "ok"
+        if self._current.get() is span and span._token is not None:
+            try:
+                self._current.reset(span._token)
+            except ValueError:  # ended in another context than it started in
+                self._current.set(span.parent)
+        parent = span.parent
+        record = SpanRecord(
+            span.trace_id, span.span_id, parent.span_id if parent is not None else 0,
+            span.name, span.kind, span.start_ns, span.end_ns, span.status,
+            error_type, error_message, tuple(span.attributes.items()), tuple(span.events),
+            type(parent) is SpanContext and parent.remote,
+        )
+        if span.sampled and self._collector is not None:
+            self._collector.send(record)
+        return record
+
+    async def end_span(
+        self, span: Span, *, status: str | None = None, error: BaseException | None = None
+    ) -> SpanRecord:
+        """Async form of :meth:`end_span_sync`."""
+        return self.end_span_sync(span, status=status, error=error)
+
+    def span(self, name: str, **kwargs: Any) -> SpanScope:
+        """A span for ``with`` or ``async with`` (same arguments as :meth:`start_span_sync`)."""
+        return SpanScope(self, name, kwargs)
+
+    def record_finished_span(
+        self,
+        name: str,
+        *,
+        kind: str,
+        start_ns: int,
+        end_ns: int,
+        attributes: Mapping[str, AttributeValue],
+        parent: Span | SpanContext | None = None,
+        status: str = "ok",
+    ) -> SpanRecord:
+        """Record a span that already happened (e.g. a generation logged after the call).
+
+        The parent defaults to the current span. Nothing becomes current.
+        """
+        if parent is None:
+            parent = self._current.get()
+        if parent is None:
+            trace_id = self._rng.getrandbits(128) or 1
+            sampled = (trace_id & _MASK64) < self._sample_bound
+            parent_id = 0
+        else:
+            trace_id, sampled, parent_id = parent.trace_id, parent.sampled, parent.span_id
+        record = SpanRecord(
+            trace_id, self._rng.getrandbits(64) or 1, parent_id, name, kind, start_ns, end_ns,
+            status, None, None, tuple(attributes.items()), (),
+            type(parent) is SpanContext and parent.remote,
+        )
+        if sampled and self._collector is not None:
+            self._collector.send(record)
+        return record
+
+    # --- reading ------------------------------------------------------------
+
+    def finished_spans(
+        self, *, trace_id: int | str | None = None, tenant_id: str | None = None
+    ) -> tuple[SpanRecord, ...]:
+        """Finished spans in the in-memory exporter, oldest first.
+
+        Args:
+            trace_id: Only this trace (an int or 32 hex digits).
+            tenant_id: Only spans of this tenant.
+        """
+        if self._collector is None:
+            return ()
+        if isinstance(trace_id, str):
+            trace_id = int(trace_id, 16)
+        return self._collector.spans(trace_id=trace_id, tenant_id=tenant_id)
+
+
+def _reseed(ref: weakref.ref[TracingService]) -> None:
+    service = ref()
+    if service is not None:
+        service._rng = random.Random()
+
+
+def _qualname(exc: BaseException) -> str:
+    cls = type(exc)
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+def _check_id(field: str, value: object) -> str:
+    if type(value) is not str:
+        raise TypeError(f"{field} must be a str, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"{field} must not be empty")
+    return value
+
+
+def _check_attribute(key: object, value: object) -> None:
+    if type(key) is not str or not key:
+        raise ValueError("attribute keys must be non-empty str")
+    kind = type(value)
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise ValueError(f"attribute {key!r} must be finite, got {value!r}")
+    elif kind is not str and kind is not int and kind is not bool:
+        raise TypeError(
+            f"attribute {key!r} must be str, bool, int or float, got {kind.__name__}"
+        )
+
+
+def _unused(_: Self) -> None:  # pragma: no cover - keeps typing.Self import for 3.11 mypy
+    return None

@@ -1,0 +1,337 @@
+"""The set of collectors one ``Observability`` container runs, and its lifecycle.
+
+A :class:`Pipeline` starts, flushes and closes its collectors together:
+
+* ``flush(timeout)`` / ``await aflush(timeout)`` put a marker on every
+  collector queue and wait until each collector has handled everything that
+  was enqueued before the marker. Collectors that feed others (the cost
+  collector sends budget events to metrics and audit) are flushed in stages,
+  upstream first, so a flush also covers what those records caused. This is
+  not ``Queue.join()``, which would also wait for records enqueued later.
+* ``close(timeout)`` stops accepting, drains, joins the threads, and counts
+  whatever is left as dropped (reason ``closed``). Idempotent and bounded.
+* A process that exits with a running pipeline closes it from ``atexit``
+  (bounded by the configured timeout). After ``os.fork()`` the child gets
+  fresh queues and threads; records in flight at the fork count as lost.
+
+The pipeline holds no global state: hooks reference it weakly, so a pipeline
+that is garbage-collected is simply skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import enum
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import structlog
+
+from collectors.base import Collector, CollectorState, CollectorStats
+
+__all__ = ("FlushResult", "Pipeline", "PipelineHealth", "PipelineState")
+
+_logger = structlog.get_logger(__name__)
+
+
+class PipelineState(enum.Enum):
+    """Lifecycle of a pipeline."""
+
+    CREATED = "created"
+    RUNNING = "running"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FlushResult:
+    """What a flush (or close) achieved. Truthy only when complete.
+
+    Attributes:
+        complete: Every collector handled everything enqueued before the call.
+        pending: Records still queued when the call returned.
+        dropped: Records dropped so far, all collectors and reasons.
+        elapsed: Seconds the call took.
+        dead: Collectors found dead (a flush fails fast on them).
+        timed_out: The deadline passed first.
+    """
+
+    complete: bool
+    pending: int
+    dropped: int
+    elapsed: float
+    dead: tuple[str, ...] = ()
+    timed_out: bool = False
+
+    def __bool__(self) -> bool:
+        return self.complete
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PipelineHealth:
+    """Every collector's state, read without blocking producers."""
+
+    state: PipelineState
+    collectors: Mapping[str, CollectorStats]
+
+    @property
+    def healthy(self) -> bool:
+        """Running, with every collector thread alive."""
+        return self.state is PipelineState.RUNNING and all(
+            s.alive for s in self.collectors.values()
+        )
+
+    @property
+    def dropped_total(self) -> int:
+        """Dropped records over all collectors."""
+        return sum(s.dropped_total for s in self.collectors.values())
+
+
+class Pipeline:
+    """Owns a set of collectors and their common lifecycle.
+
+    Args:
+        collectors: The collectors, each with a unique name.
+        close_timeout: Default bound for :meth:`close` (also used at exit).
+        drain_at_exit: Register an ``atexit`` hook that closes the pipeline.
+    """
+
+    def __init__(
+        self,
+        collectors: Iterable[Collector[Any]],
+        *,
+        close_timeout: float = 5.0,
+        drain_at_exit: bool = True,
+    ) -> None:
+        self._collectors: dict[str, Collector[Any]] = {}
+        for collector in collectors:
+            if collector.name in self._collectors:
+                raise ValueError(f"duplicate collector name {collector.name!r}")
+            self._collectors[collector.name] = collector
+        self._stages = _flush_stages(self._collectors)
+        self._close_timeout = close_timeout
+        self._state = PipelineState.CREATED
+        self._lifecycle_lock = threading.Lock()
+        self._pid = os.getpid()
+        self._atexit_hook: Any = None
+        if drain_at_exit:
+            self._atexit_hook = _weak_hook(self, "_close_at_exit")
+            atexit.register(self._atexit_hook)
+        os.register_at_fork(after_in_child=_weak_hook(self, "_after_fork_in_child"))
+
+    @property
+    def state(self) -> PipelineState:
+        """The lifecycle state."""
+        return self._state
+
+    @property
+    def collectors(self) -> Mapping[str, Collector[Any]]:
+        """The collectors by name (read-only view)."""
+        return MappingProxyType(self._collectors)
+
+    def start(self) -> None:
+        """Start every collector thread. Idempotent while running.
+
+        Raises:
+            RuntimeError: The pipeline is closed.
+        """
+        with self._lifecycle_lock:
+            if self._state is PipelineState.CLOSED:
+                raise RuntimeError("cannot start: the observability pipeline is closed")
+            if self._state is PipelineState.RUNNING:
+                return
+            for collector in self._collectors.values():
+                collector.start()
+            self._state = PipelineState.RUNNING
+
+    # --- flushing ---------------------------------------------------------
+
+    def flush(self, timeout: float = 5.0) -> FlushResult:
+        """Wait until everything enqueued before this call is applied.
+
+        Args:
+            timeout: Deadline in seconds.
+
+        Returns:
+            A :class:`FlushResult`; truthy only if complete.
+        """
+        started = time.perf_counter()
+        deadline = time.monotonic() + max(timeout, 0.0)
+        if self._state is not PipelineState.RUNNING:
+            return self._result(started, complete=self._state is PipelineState.CLOSED)
+        for stage in self._stages:
+            markers = {name: self._collectors[name].request_flush() for name in stage}
+            remaining = max(deadline - time.monotonic(), 0.0)
+            done, not_done = wait_futures(markers.values(), timeout=remaining)
+            if not_done:
+                return self._result(started, complete=False, timed_out=True)
+            if not all(f.result() for f in done):
+                return self._result(started, complete=False)
+        return self._result(started, complete=True)
+
+    async def aflush(self, timeout: float = 5.0) -> FlushResult:
+        """Async :meth:`flush`: awaits instead of blocking; works on any event loop."""
+        started = time.perf_counter()
+        deadline = time.monotonic() + max(timeout, 0.0)
+        if self._state is not PipelineState.RUNNING:
+            return self._result(started, complete=self._state is PipelineState.CLOSED)
+        loop = asyncio.get_running_loop()
+        for stage in self._stages:
+            markers = [self._collectors[name].request_flush() for name in stage]
+            waiter = _all_done(loop, markers)
+            remaining = max(deadline - time.monotonic(), 0.0)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return self._result(started, complete=False, timed_out=True)
+            if not all(f.result() for f in markers):
+                return self._result(started, complete=False)
+        return self._result(started, complete=True)
+
+    def _result(self, started: float, *, complete: bool, timed_out: bool = False) -> FlushResult:
+        stats = [c.stats() for c in self._collectors.values()]
+        dead = tuple(s.name for s in stats if s.state is CollectorState.DEAD)
+        return FlushResult(
+            complete=complete and not dead,
+            pending=sum(s.queue_depth for s in stats),
+            dropped=sum(s.dropped_total for s in stats),
+            elapsed=time.perf_counter() - started,
+            dead=dead,
+            timed_out=timed_out,
+        )
+
+    # --- closing ----------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> FlushResult:
+        """Stop accepting records, drain, stop the threads. Idempotent, bounded.
+
+        Records sent after this call are dropped and counted (reason
+        ``closed``); so is anything the threads could not apply in time.
+
+        Args:
+            timeout: Overall bound in seconds (default: ``close_timeout``).
+
+        Returns:
+            A :class:`FlushResult` describing the final drain.
+        """
+        started = time.perf_counter()
+        budget = self._close_timeout if timeout is None else timeout
+        deadline = time.monotonic() + max(budget, 0.0)
+        with self._lifecycle_lock:
+            if self._state is PipelineState.CLOSED:
+                return self._result(started, complete=True)
+            self._state = PipelineState.CLOSED
+        if self._atexit_hook is not None:
+            atexit.unregister(self._atexit_hook)
+            self._atexit_hook = None
+        complete = True
+        for stage in self._stages:  # upstream first: their output lands downstream
+            for name in stage:
+                remaining = max(deadline - time.monotonic(), 0.0)
+                complete &= self._collectors[name].stop(remaining)
+        result = self._result(started, complete=complete, timed_out=not complete)
+        _logger.debug(
+            "observability.pipeline_closed",
+            complete=result.complete, dropped=result.dropped, elapsed=result.elapsed,
+        )
+        return result
+
+    def _close_at_exit(self) -> None:
+        if self._state is not PipelineState.CLOSED:
+            self.close(self._close_timeout)
+
+    def _after_fork_in_child(self) -> None:
+        """Fresh queues and threads in the child (runs in the child only)."""
+        if self._pid == os.getpid():
+            return
+        self._pid = os.getpid()
+        self._lifecycle_lock = threading.Lock()
+        restart = self._state is PipelineState.RUNNING
+        lost = sum(c.after_fork_in_child(restart=restart) for c in self._collectors.values())
+        if lost:
+            _logger.warning("observability.records_lost_at_fork", count=lost)
+
+    # --- health -----------------------------------------------------------
+
+    def health(self) -> PipelineHealth:
+        """Each collector's state, depth, applied and dropped counts, errors."""
+        return PipelineHealth(
+            state=self._state,
+            collectors=MappingProxyType({n: c.stats() for n, c in self._collectors.items()}),
+        )
+
+
+def _flush_stages(collectors: Mapping[str, Collector[Any]]) -> tuple[tuple[str, ...], ...]:
+    """Group collectors so every collector comes after those that send to it."""
+    depth: dict[str, int] = {}
+
+    def level(name: str, seen: frozenset[str]) -> int:
+        if name in depth:
+            return depth[name]
+        if name in seen:
+            raise ValueError(f"collector cycle through {name!r}")
+        upstream = [
+            n for n, c in collectors.items() if name in c.downstream and n != name
+        ]
+        value = 1 + max((level(n, seen | {name}) for n in upstream), default=-1)
+        depth[name] = value
+        return value
+
+    for name in collectors:
+        level(name, frozenset())
+    stages: dict[int, list[str]] = {}
+    for name, value in depth.items():
+        stages.setdefault(value, []).append(name)
+    return tuple(tuple(stages[k]) for k in sorted(stages))
+
+
+def _all_done(loop: asyncio.AbstractEventLoop, futures: Sequence[Future[Any]]) -> asyncio.Future[None]:
+    """An asyncio future (on ``loop``) done when every concurrent future is done.
+
+    Unlike ``asyncio.wrap_future``, cancelling the result never cancels the
+    concurrent futures, and a callback arriving after the loop closed is
+    ignored instead of raising in the collector thread.
+    """
+    waiter: asyncio.Future[None] = loop.create_future()
+    remaining = [len(futures)]
+    lock = threading.Lock()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    def on_done(_: Future[Any]) -> None:
+        with lock:
+            remaining[0] -= 1
+            last = remaining[0] == 0
+        if last:
+            try:
+                loop.call_soon_threadsafe(wake)
+            except RuntimeError:  # the loop is closed; nobody is waiting any more
+                pass
+
+    if not futures:
+        waiter.set_result(None)
+    for future in futures:
+        future.add_done_callback(on_done)
+    return waiter
+
+
+def _weak_hook(target: Pipeline, method: str) -> Any:
+    """A no-argument callable that calls ``target.method()`` while target lives."""
+    ref = weakref.ref(target)
+
+    def hook() -> None:
+        obj = ref()
+        if obj is not None:
+            getattr(obj, method)()
+
+    return hook

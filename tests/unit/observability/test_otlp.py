@@ -1,0 +1,800 @@
+"""Tests for :mod:`app.observability.otlp`: OTLP/JSON export and the HTTP sender.
+
+Validity is checked with the OTLP protobuf schema itself: every exported
+document goes through ``google.protobuf.json_format.ParseDict`` into an
+``ExportTraceServiceRequest`` with ``ignore_unknown_fields=False``.
+
+Why the ids are converted before parsing: OTLP/JSON mandates hex strings for
+``traceId``/``spanId``/``parentSpanId``
+(https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding), while
+protobuf's generic proto3 JSON mapping reads every ``bytes`` field as base64.
+Hex digits are all valid base64 characters, so a stock parser does not fail on
+a hex id: it silently decodes 32 hex digits into 24 wrong bytes
+(``test_stock_proto3_parser_misreads_hex_ids`` pins this). The helper
+:func:`_parse` therefore first checks that each id is lowercase hex of the
+right length, then re-encodes it as base64 -- in the test only -- and lets
+protobuf check everything else (field names, enum integers, int64 strings,
+``AnyValue`` shapes).
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import enum
+import http.server
+import json
+import math
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import structlog
+from google.protobuf.json_format import ParseDict
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import (
+    SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK,
+    SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK,
+    Span,
+    Status,
+)
+
+from app.observability.otlp import OtlpHttpSender, spans_to_otlp, write_otlp_json
+from collectors.records import SpanEvent, SpanRecord
+
+# --- fixtures: a small trace built by hand --------------------------------
+
+TRACE_ID = 0x0AF7651916CD43DD8448EB211C80319C
+REMOTE_TRACE_ID = 0x4BF92F3577B34DA6A3CE929D0E0E4736
+ROOT_ID = 0x00F067AA0BA902B7  # leading zero: hex must stay 16 digits
+NODE_A_ID = 0x1
+NODE_B_ID = 0xB7AD6B7169203331
+GENERATION_ID = 0x2222222222222222
+FAILED_ID = 0x3333333333333333
+REMOTE_CHILD_ID = 0x4444444444444444
+REMOTE_PARENT_ID = 0x5555555555555555
+
+T0 = 1_717_000_000_000_000_000  # ns since the epoch (2024-05-29), beyond 2**53
+
+
+def _record(**overrides: Any) -> SpanRecord:
+    """A finished ok node span; keyword arguments replace fields."""
+    fields: dict[str, Any] = {
+        "trace_id": TRACE_ID,
+        "span_id": NODE_A_ID,
+        "parent_span_id": ROOT_ID,
+        "name": "node",
+        "kind": "node",
+        "start_ns": T0,
+        "end_ns": T0 + 1_000,
+        "status": "ok",
+        "error_type": None,
+        "error_message": None,
+        "attributes": (),
+    }
+    fields.update(overrides)
+    return SpanRecord(**fields)
+
+
+def _trace() -> tuple[SpanRecord, ...]:
+    """A workflow root, two node children, a generation under the first node,
+    an error span carrying its own exception event, and a span whose parent is
+    remote (a different trace, continued from an incoming traceparent)."""
+    common = (("tenant_id", "acme"), ("correlation_id", "corr-1"))
+    return (
+        _record(
+            span_id=ROOT_ID, parent_span_id=0, name="risk_workflow", kind="workflow",
+            start_ns=T0, end_ns=T0 + 9_000_000,
+            attributes=(*common, ("request_id", "req-1"), ("approved", True)),
+        ),
+        _record(
+            span_id=NODE_A_ID, parent_span_id=ROOT_ID, name="score_risk", kind="node",
+            start_ns=T0 + 1_000, end_ns=T0 + 5_000_000,
+            attributes=(*common, ("node", "score_risk"), ("risk_score", 0.73)),
+        ),
+        _record(
+            span_id=GENERATION_ID, parent_span_id=NODE_A_ID, name="llm_call",
+            kind="generation", start_ns=T0 + 2_000, end_ns=T0 + 4_000_000,
+            attributes=(
+                *common, ("model_version", "risk-llm-2024-05"), ("prompt_version", "v3"),
+                ("input_tokens", 812), ("output_tokens", 64), ("cost", "0.012345"),
+                ("event_id", "evt-9"),
+            ),
+            events=(SpanEvent("first_token", T0 + 3_000, (("latency_ms", 1.5),)),),
+        ),
+        _record(
+            span_id=NODE_B_ID, parent_span_id=ROOT_ID, name="check_policy", kind="node",
+            start_ns=T0 + 5_000_000, end_ns=T0 + 8_000_000, status="error",
+            error_type="PolicyViolationError", error_message="exposure above limit",
+            attributes=(*common, ("node", "check_policy")),
+        ),
+        _record(
+            span_id=FAILED_ID, parent_span_id=NODE_B_ID, name="load_limits", kind="internal",
+            start_ns=T0 + 6_000_000, end_ns=T0 + 7_000_000, status="error",
+            error_type="TimeoutError", error_message="limits store timed out",
+            attributes=common,
+            events=(
+                SpanEvent(
+                    "exception", T0 + 6_500_000,
+                    (
+                        ("exception.type", "TimeoutError"),
+                        ("exception.message", "limits store timed out"),
+                        ("exception.escaped", True),
+                    ),
+                ),
+            ),
+        ),
+        _record(
+            trace_id=REMOTE_TRACE_ID, span_id=REMOTE_CHILD_ID, parent_span_id=REMOTE_PARENT_ID,
+            name="risk_workflow", kind="workflow", start_ns=T0 + 10_000_000,
+            end_ns=T0 + 12_000_000, status="unset", attributes=common, remote_parent=True,
+        ),
+    )
+
+
+# --- helpers -------------------------------------------------------------
+
+_HEX_IDS = {"traceId": 32, "spanId": 16, "parentSpanId": 16}
+
+
+def _hex_to_base64(doc: dict[str, Any]) -> dict[str, Any]:
+    """Copy an OTLP/JSON document, re-encoding its hex ids as proto3 base64.
+
+    Asserts first that each id is lowercase hex of the OTLP length.
+    """
+    doc = copy.deepcopy(doc)
+    for resource_spans in doc["resourceSpans"]:
+        for scope_spans in resource_spans["scopeSpans"]:
+            for span in scope_spans["spans"]:
+                for field, digits in _HEX_IDS.items():
+                    if field in span:
+                        value = span[field]
+                        assert re.fullmatch(f"[0-9a-f]{{{digits}}}", value), (field, value)
+                        span[field] = base64.b64encode(bytes.fromhex(value)).decode("ascii")
+    return doc
+
+
+def _parse(doc: dict[str, Any]) -> ExportTraceServiceRequest:
+    """Parse an OTLP/JSON document with the OTLP protobuf schema, strictly."""
+    message = ExportTraceServiceRequest()
+    ParseDict(_hex_to_base64(doc), message, ignore_unknown_fields=False)
+    return message
+
+
+def _only_spans(message: ExportTraceServiceRequest) -> dict[bytes, Span]:
+    """The spans of a one-resource, one-scope request, keyed by span id."""
+    assert len(message.resource_spans) == 1
+    assert len(message.resource_spans[0].scope_spans) == 1
+    return {span.span_id: span for span in message.resource_spans[0].scope_spans[0].spans}
+
+
+def _id(value: int, size: int = 8) -> bytes:
+    return value.to_bytes(size, "big")
+
+
+def _value(any_value: AnyValue) -> object:
+    """The Python value of a protobuf ``AnyValue``."""
+    kind = any_value.WhichOneof("value")
+    assert kind is not None
+    return getattr(any_value, kind)
+
+
+def _attrs(key_values: Any) -> dict[str, object]:
+    """Protobuf ``KeyValue`` list -> dict, asserting keys are unique."""
+    pairs: list[KeyValue] = list(key_values)
+    result = {kv.key: _value(kv.value) for kv in pairs}
+    assert len(result) == len(pairs), "duplicate attribute keys"
+    return result
+
+
+def _json_spans(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    spans: list[dict[str, Any]] = doc["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    return spans
+
+
+# --- the document ----------------------------------------------------------
+
+
+def test_document_is_strict_json_in_the_otlp_shape() -> None:
+    doc = spans_to_otlp(_trace())
+
+    text = json.dumps(doc, allow_nan=False)  # raises on anything not plain JSON
+    assert json.loads(text) == doc
+    assert set(doc) == {"resourceSpans"}
+    (resource_spans,) = doc["resourceSpans"]
+    assert set(resource_spans) == {"resource", "scopeSpans"}
+    (scope_spans,) = resource_spans["scopeSpans"]
+    assert set(scope_spans) == {"scope", "spans"}
+    spans = scope_spans["spans"]
+    assert len(spans) == 6
+    root = spans[0]
+    assert root["traceId"] == "0af7651916cd43dd8448eb211c80319c"
+    assert root["spanId"] == "00f067aa0ba902b7"
+    assert "parentSpanId" not in root
+    assert spans[1]["spanId"] == "0000000000000001"
+    assert spans[1]["parentSpanId"] == "00f067aa0ba902b7"
+    assert root["startTimeUnixNano"] == str(T0)
+    assert root["endTimeUnixNano"] == str(T0 + 9_000_000)
+    assert all(type(span["kind"]) is int for span in spans)  # enums as integers
+
+
+def test_stock_proto3_parser_misreads_hex_ids() -> None:
+    """Why ``_parse`` converts ids: the stock mapping reads hex as base64."""
+    doc = spans_to_otlp([_trace()[0]])
+
+    naive = ExportTraceServiceRequest()
+    ParseDict(doc, naive, ignore_unknown_fields=False)
+
+    span = naive.resource_spans[0].scope_spans[0].spans[0]
+    assert len(span.trace_id) == 24  # 32 hex digits taken as base64, not 16 bytes
+    assert span.trace_id != _id(TRACE_ID, 16)
+    assert _only_spans(_parse(doc))[_id(ROOT_ID)].trace_id == _id(TRACE_ID, 16)
+
+
+def test_round_trip_through_the_otlp_protobuf_schema() -> None:
+    records = _trace()
+    spans = _only_spans(_parse(spans_to_otlp(records)))
+
+    assert set(spans) == {_id(record.span_id) for record in records}
+    for record in records:
+        span = spans[_id(record.span_id)]
+        assert span.trace_id == _id(record.trace_id, 16)
+        assert span.parent_span_id == (_id(record.parent_span_id) if record.parent_span_id
+                                       else b"")
+        assert span.name == record.name
+        assert span.start_time_unix_nano == record.start_ns
+        assert span.end_time_unix_nano == record.end_ns
+        for key, value in record.attributes:
+            assert _attrs(span.attributes)[key] == value
+
+    # Parent links form the tree: root <- A <- generation, root <- B <- failed.
+    assert spans[_id(NODE_A_ID)].parent_span_id == _id(ROOT_ID)
+    assert spans[_id(GENERATION_ID)].parent_span_id == _id(NODE_A_ID)
+    assert spans[_id(NODE_B_ID)].parent_span_id == _id(ROOT_ID)
+    assert spans[_id(FAILED_ID)].parent_span_id == _id(NODE_B_ID)
+    assert spans[_id(REMOTE_CHILD_ID)].parent_span_id == _id(REMOTE_PARENT_ID)
+    assert spans[_id(REMOTE_CHILD_ID)].trace_id == _id(REMOTE_TRACE_ID, 16)
+
+    assert spans[_id(ROOT_ID)].kind == Span.SPAN_KIND_SERVER
+    assert spans[_id(NODE_A_ID)].kind == Span.SPAN_KIND_INTERNAL
+    assert spans[_id(NODE_B_ID)].kind == Span.SPAN_KIND_INTERNAL
+    assert spans[_id(GENERATION_ID)].kind == Span.SPAN_KIND_CLIENT
+    assert spans[_id(FAILED_ID)].kind == Span.SPAN_KIND_INTERNAL
+
+    assert spans[_id(ROOT_ID)].status.code == Status.STATUS_CODE_OK
+    assert spans[_id(NODE_B_ID)].status.code == Status.STATUS_CODE_ERROR
+    assert spans[_id(NODE_B_ID)].status.message == "exposure above limit"
+    assert spans[_id(REMOTE_CHILD_ID)].status.code == Status.STATUS_CODE_UNSET
+
+    generation = spans[_id(GENERATION_ID)]
+    (first_token,) = generation.events
+    assert first_token.name == "first_token"
+    assert first_token.time_unix_nano == T0 + 3_000
+    assert _attrs(first_token.attributes) == {"latency_ms": 1.5}
+
+
+def test_flags_say_whether_the_parent_is_remote() -> None:
+    spans = _only_spans(_parse(spans_to_otlp(_trace())))
+
+    assert spans[_id(REMOTE_CHILD_ID)].flags == (
+        SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK | SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK
+    ) == 0x300
+    for span_id in (ROOT_ID, NODE_A_ID, GENERATION_ID):
+        assert spans[_id(span_id)].flags == SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK == 0x100
+
+
+def test_resource_and_scope() -> None:
+    doc = spans_to_otlp(
+        _trace(), service_name="risk-api", service_version="0.7.0",
+        resource_attributes={"deployment.environment.name": "staging", "host.cpus": 8},
+        scope_name="risk.tracing", scope_version="1.2",
+    )
+
+    resource_spans = _parse(doc).resource_spans[0]
+    assert _attrs(resource_spans.resource.attributes) == {
+        "service.name": "risk-api", "service.version": "0.7.0",
+        "deployment.environment.name": "staging", "host.cpus": 8,
+    }
+    scope = resource_spans.scope_spans[0].scope
+    assert (scope.name, scope.version) == ("risk.tracing", "1.2")
+
+
+def test_default_resource_and_scope() -> None:
+    resource_spans = _parse(spans_to_otlp(_trace())).resource_spans[0]
+
+    assert _attrs(resource_spans.resource.attributes) == {"service.name": "ai-risk-engine"}
+    assert resource_spans.scope_spans[0].scope.name == "ai-risk-engine.observability"
+    assert resource_spans.scope_spans[0].scope.version == ""
+
+
+@pytest.mark.parametrize("key", ["service.name", "service.version"])
+def test_resource_attributes_may_not_override_service_keywords(key: str) -> None:
+    with pytest.raises(ValueError, match="service_name=/service_version="):
+        spans_to_otlp(_trace(), resource_attributes={key: "x"})
+
+
+# --- GenAI semantic conventions --------------------------------------------
+
+
+def test_generation_span_carries_gen_ai_names_and_keeps_ours() -> None:
+    spans = _only_spans(_parse(spans_to_otlp(_trace())))
+
+    attrs = _attrs(spans[_id(GENERATION_ID)].attributes)
+    assert attrs == {
+        "tenant_id": "acme", "correlation_id": "corr-1", "model_version": "risk-llm-2024-05",
+        "prompt_version": "v3", "input_tokens": 812, "output_tokens": 64,
+        "cost": "0.012345", "event_id": "evt-9",
+        "gen_ai.request.model": "risk-llm-2024-05",
+        "gen_ai.response.model": "risk-llm-2024-05",
+        "gen_ai.usage.input_tokens": 812, "gen_ai.usage.output_tokens": 64,
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "simulated", "gen_ai.system": "simulated",
+    }
+
+
+def test_generation_provider_operation_and_explicit_gen_ai_keys() -> None:
+    record = _record(
+        kind="generation",
+        attributes=(
+            ("model_version", "m-1"), ("provider", "openai"), ("operation", "text_completion"),
+            ("gen_ai.response.model", "m-1-2024-06-01"),
+            ("cost", Decimal("0.0100")),  # off-type: the exporter must cope
+        ),
+    )
+
+    (span,) = _only_spans(_parse(spans_to_otlp([record]))).values()
+    attrs = _attrs(span.attributes)  # also asserts the keys are unique
+    assert attrs["gen_ai.provider.name"] == attrs["gen_ai.system"] == "openai"
+    assert attrs["gen_ai.operation.name"] == "text_completion"
+    assert attrs["gen_ai.request.model"] == "m-1"
+    assert attrs["gen_ai.response.model"] == "m-1-2024-06-01"  # the record's own value wins
+    assert attrs["cost"] == "0.0100"
+    assert "gen_ai.usage.input_tokens" not in attrs  # no token counts recorded
+
+
+@pytest.mark.parametrize("kind", ["workflow", "node", "internal"])
+def test_only_generation_spans_get_gen_ai_names(kind: str) -> None:
+    record = _record(kind=kind, attributes=(("model_version", "m-1"), ("input_tokens", 5)))
+
+    (span,) = _json_spans(spans_to_otlp([record]))
+    assert [kv["key"] for kv in span["attributes"]] == ["model_version", "input_tokens"]
+
+
+# --- attributes, status, events ----------------------------------------------
+
+
+class _Color(enum.StrEnum):
+    RED = "red"
+
+
+class _Level(enum.IntEnum):
+    HIGH = 3
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("text", {"stringValue": "text"}),
+        ("", {"stringValue": ""}),
+        ("übung ✓", {"stringValue": "übung ✓"}),
+        (True, {"boolValue": True}),
+        (False, {"boolValue": False}),
+        (0, {"intValue": "0"}),
+        (-42, {"intValue": "-42"}),
+        (2**63 - 1, {"intValue": str(2**63 - 1)}),
+        (-(2**63), {"intValue": str(-(2**63))}),
+        (2**63, {"stringValue": str(2**63)}),  # beyond int64
+        (0.25, {"doubleValue": 0.25}),
+        (math.nan, {"doubleValue": "NaN"}),
+        (math.inf, {"doubleValue": "Infinity"}),
+        (-math.inf, {"doubleValue": "-Infinity"}),
+        (Decimal("0.012300"), {"stringValue": "0.012300"}),
+        (None, {"stringValue": "None"}),
+        (_Color.RED, {"stringValue": "red"}),
+        (_Level.HIGH, {"intValue": "3"}),
+    ],
+)
+def test_attribute_value_encoding(value: object, expected: dict[str, object]) -> None:
+    record = _record(attributes=(("k", value),))  # off-type values on purpose
+
+    doc = spans_to_otlp([record])
+
+    (span,) = _json_spans(doc)
+    assert span["attributes"] == [{"key": "k", "value": expected}]
+    assert type(next(iter(span["attributes"][0]["value"].values()))) is type(
+        next(iter(expected.values()))
+    )
+    _parse(json.loads(json.dumps(doc, allow_nan=False)))  # strict JSON, valid OTLP
+
+
+def test_duplicate_attribute_keys_keep_the_last_value() -> None:
+    record = _record(attributes=(("tenant_id", "a"), ("node", "n"), ("tenant_id", "b")))
+
+    (span,) = _json_spans(spans_to_otlp([record]))
+    assert span["attributes"] == [
+        {"key": "tenant_id", "value": {"stringValue": "b"}},
+        {"key": "node", "value": {"stringValue": "n"}},
+    ]
+
+
+def test_error_span_gets_an_exception_event_at_its_end() -> None:
+    spans = _only_spans(_parse(spans_to_otlp(_trace())))
+
+    (event,) = spans[_id(NODE_B_ID)].events
+    assert event.name == "exception"
+    assert event.time_unix_nano == T0 + 8_000_000
+    assert _attrs(event.attributes) == {
+        "exception.type": "PolicyViolationError",
+        "exception.message": "exposure above limit",
+    }
+
+
+def test_existing_exception_event_is_not_duplicated() -> None:
+    spans = _only_spans(_parse(spans_to_otlp(_trace())))
+
+    failed = spans[_id(FAILED_ID)]
+    (event,) = failed.events
+    assert event.time_unix_nano == T0 + 6_500_000
+    assert _attrs(event.attributes)["exception.escaped"] is True
+    assert failed.status.code == Status.STATUS_CODE_ERROR
+
+
+@pytest.mark.parametrize(
+    ("error_type", "error_message", "status", "event_attrs"),
+    [
+        ("ValueError", None, {"code": 2, "message": "ValueError"},
+         [{"key": "exception.type", "value": {"stringValue": "ValueError"}}]),
+        (None, "boom", {"code": 2, "message": "boom"},
+         [{"key": "exception.message", "value": {"stringValue": "boom"}}]),
+        (None, None, {"code": 2}, None),
+    ],
+)
+def test_error_status_and_event_with_partial_error_details(
+    error_type: str | None,
+    error_message: str | None,
+    status: dict[str, object],
+    event_attrs: list[dict[str, object]] | None,
+) -> None:
+    record = _record(status="error", error_type=error_type, error_message=error_message)
+
+    (span,) = _json_spans(spans_to_otlp([record]))
+    assert span["status"] == status
+    if event_attrs is None:
+        assert "events" not in span
+    else:
+        assert span["events"] == [
+            {"timeUnixNano": str(record.end_ns), "name": "exception", "attributes": event_attrs}
+        ]
+
+
+@pytest.mark.parametrize(
+    ("status", "expected"), [("ok", {"code": 1}), ("unset", {}), ("weird", {})]
+)
+def test_non_error_status_mapping(status: str, expected: dict[str, object]) -> None:
+    record = _record(status=status, error_type="Ignored", error_message="ignored")
+
+    (span,) = _json_spans(spans_to_otlp([record]))
+    assert span["status"] == expected
+    assert "events" not in span  # only error spans get an exception event
+
+
+def test_unknown_kind_is_unspecified() -> None:
+    (span,) = _json_spans(spans_to_otlp([_record(kind="batch")]))
+
+    assert span["kind"] == Span.SPAN_KIND_UNSPECIFIED == 0
+
+
+def test_accepts_any_iterable_and_no_spans() -> None:
+    records = _trace()
+
+    from_generator = spans_to_otlp(record for record in records)
+    assert from_generator == spans_to_otlp(list(records))
+    assert len(_json_spans(from_generator)) == len(records)
+
+    empty = spans_to_otlp([])
+    assert _json_spans(empty) == []
+    assert len(_parse(empty).resource_spans[0].scope_spans[0].spans) == 0
+
+
+def test_documents_share_no_mutable_parts() -> None:
+    first = spans_to_otlp(_trace())
+    _json_spans(first)[0]["status"]["code"] = 99
+    _json_spans(first)[0]["attributes"].clear()
+
+    second = spans_to_otlp(_trace())
+    assert _json_spans(second)[0]["status"] == {"code": 1}
+    assert _json_spans(second)[0]["attributes"]
+
+
+def test_many_spans_export_in_one_document() -> None:
+    root = _trace()[0]
+    records = [
+        _record(span_id=i + 2, parent_span_id=ROOT_ID, name=f"node-{i}",
+                attributes=(("tenant_id", "acme"), ("i", i)))
+        for i in range(5_000)
+    ]
+
+    spans = _only_spans(_parse(spans_to_otlp([root, *records])))
+    assert len(spans) == 5_001
+    assert _attrs(spans[_id(4_999 + 2)].attributes) == {"tenant_id": "acme", "i": 4_999}
+
+
+# --- write_otlp_json ---------------------------------------------------------
+
+
+def test_write_otlp_json_round_trip(tmp_path: Path) -> None:
+    target = tmp_path / "traces.json"
+    records = _trace()
+
+    written = write_otlp_json(target, records, service_version="0.7.0")
+
+    assert written == len(records)
+    text = target.read_text(encoding="utf-8")
+    assert "\n" not in text and ", " not in text  # compact
+    doc = json.loads(text)
+    assert doc == spans_to_otlp(records, service_version="0.7.0")
+    assert len(_only_spans(_parse(doc))) == len(records)
+    assert [p.name for p in tmp_path.iterdir()] == ["traces.json"]
+
+
+def test_write_otlp_json_writes_utf8_and_replaces_atomically(tmp_path: Path) -> None:
+    target = tmp_path / "traces.json"
+    target.write_text("old", encoding="utf-8")
+    record = _record(attributes=(("note", "Prüfung ✓"),))
+
+    assert write_otlp_json(str(target), [record]) == 1
+
+    raw = target.read_bytes()
+    assert "Prüfung ✓".encode() in raw
+    assert _json_spans(json.loads(raw))[0]["attributes"][0]["value"] == {
+        "stringValue": "Prüfung ✓"
+    }
+    assert [p.name for p in tmp_path.iterdir()] == ["traces.json"]
+
+
+def test_write_otlp_json_counts_zero_spans(tmp_path: Path) -> None:
+    target = tmp_path / "empty.json"
+
+    assert write_otlp_json(target, iter(())) == 0
+    assert _json_spans(json.loads(target.read_text(encoding="utf-8"))) == []
+
+
+def test_failed_write_leaves_no_temp_file_and_keeps_the_old_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "traces.json"
+    target.write_text("previous export", encoding="utf-8")
+    calls: list[object] = []
+
+    def failing_dump(obj: object, fp: Any, **kwargs: object) -> None:
+        calls.append(obj)
+        fp.write('{"resourceSpans": [')  # a partial document reaches the temp file
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(json, "dump", failing_dump)
+
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_otlp_json(target, _trace())
+
+    assert len(calls) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["traces.json"]
+    assert target.read_text(encoding="utf-8") == "previous export"
+
+
+def test_write_otlp_json_rejects_bad_options_before_touching_disk(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"service\.name"):
+        write_otlp_json(tmp_path / "t.json", _trace(), resource_attributes={"service.name": "x"})
+
+    assert list(tmp_path.iterdir()) == []
+
+
+# --- OtlpHttpSender ----------------------------------------------------------
+
+
+class _Receiver(http.server.ThreadingHTTPServer):
+    """A loopback OTLP/HTTP stand-in that records requests."""
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), _ReceiverHandler)
+        self.requests: list[tuple[str, dict[str, str], bytes]] = []
+        self.status = 200
+        self.response_body = b"{}"
+        self.extra_headers: dict[str, str] = {}
+
+    @property
+    def url(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host!s}:{port}/v1/traces"
+
+
+class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
+    server: _Receiver
+    protocol_version = "HTTP/1.1"
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("Content-Length", "0"))
+        body = self.rfile.read(length)
+        # Recorded before answering, so it is visible once send() returns.
+        self.server.requests.append((self.path, dict(self.headers.items()), body))
+        self.send_response(self.server.status)
+        for key, value in self.server.extra_headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.server.response_body)))
+        self.end_headers()
+        self.wfile.write(self.server.response_body)
+
+    def log_message(self, format: str, *args: Any) -> None:  # the base class names it so
+        """Keep the test output quiet."""
+
+
+@pytest.fixture
+def receiver() -> Iterator[_Receiver]:
+    server = _Receiver()
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="otlp-test-receiver"
+    )
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+        assert not thread.is_alive()
+
+
+def test_send_posts_valid_otlp_json(receiver: _Receiver) -> None:
+    sender = OtlpHttpSender(receiver.url, headers={"Authorization": "Bearer t0ken"})
+    records = _trace()
+
+    assert sender.send(records, service_version="0.7.0") is True
+
+    assert sender.failures == 0
+    (path, headers, body), = receiver.requests
+    assert path == "/v1/traces"
+    assert headers["Content-Type"] == "application/json"
+    assert headers["Authorization"] == "Bearer t0ken"
+    doc = json.loads(body.decode("utf-8"))
+    assert doc == spans_to_otlp(records, service_version="0.7.0")
+    spans = _only_spans(_parse(doc))
+    assert spans[_id(GENERATION_ID)].parent_span_id == _id(NODE_A_ID)
+    assert spans[_id(GENERATION_ID)].kind == Span.SPAN_KIND_CLIENT
+
+
+def test_send_always_sets_the_json_content_type(receiver: _Receiver) -> None:
+    sender = OtlpHttpSender(receiver.url, headers={"content-type": "text/plain"})
+
+    assert sender.send(_trace()) is True
+
+    (_, headers, _), = receiver.requests
+    content_types = [v for k, v in headers.items() if k.lower() == "content-type"]
+    assert content_types == ["application/json"]
+
+
+def test_send_server_error_is_false_counted_and_logged(receiver: _Receiver) -> None:
+    receiver.status = 500
+    receiver.response_body = b'{"code": 13, "message": "collector broke"}'
+    sender = OtlpHttpSender(receiver.url, headers={"Authorization": "Bearer secret"})
+
+    with structlog.testing.capture_logs() as logs:
+        assert sender.send(_trace()) is False
+
+    assert sender.failures == 1
+    assert len(receiver.requests) == 1
+    (entry,) = [e for e in logs if e["event"] == "otlp_export_failed"]
+    assert entry["log_level"] == "warning"
+    assert entry["status"] == 500
+    assert entry["spans"] == 6
+    assert "collector broke" in entry["detail"]
+    assert "secret" not in repr(logs)
+
+
+def test_send_redirect_is_a_failure(receiver: _Receiver) -> None:
+    receiver.status = 307
+    receiver.extra_headers = {"Location": receiver.url.replace("/v1/traces", "/elsewhere")}
+    sender = OtlpHttpSender(receiver.url)
+
+    assert sender.send(_trace()) is False
+
+    assert sender.failures == 1
+    assert [path for path, _, _ in receiver.requests] == ["/v1/traces"]  # not followed
+
+
+def test_send_partial_success_is_true_and_counted(receiver: _Receiver) -> None:
+    receiver.response_body = (
+        b'{"partialSuccess": {"rejectedSpans": "2", "errorMessage": "too old"}}'
+    )
+    sender = OtlpHttpSender(receiver.url)
+
+    with structlog.testing.capture_logs() as logs:
+        assert sender.send(_trace()) is True
+
+    assert sender.failures == 0
+    assert sender.rejected_spans == 2
+    (entry,) = [e for e in logs if e["event"] == "otlp_export_partially_rejected"]
+    assert (entry["rejected_spans"], entry["error"]) == (2, "too old")
+
+
+def test_send_failures_accumulate(receiver: _Receiver) -> None:
+    receiver.status = 503
+    sender = OtlpHttpSender(receiver.url)
+
+    results = [sender.send(_trace()) for _ in range(3)]
+
+    assert results == [False, False, False]
+    assert sender.failures == 3
+
+
+def _unused_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_send_to_unreachable_port_is_false_without_raising() -> None:
+    sender = OtlpHttpSender(f"http://127.0.0.1:{_unused_port()}/v1/traces", timeout=2.0)
+
+    with structlog.testing.capture_logs() as logs:
+        assert sender.send(_trace()) is False
+
+    assert sender.failures == 1
+    (entry,) = [e for e in logs if e["event"] == "otlp_export_failed"]
+    assert entry["status"] is None
+
+
+def test_send_timeout_is_false_without_raising() -> None:
+    # A socket that listens but never accepts: the kernel completes the
+    # handshake, the request is buffered, and no answer ever comes.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        sender = OtlpHttpSender(f"http://127.0.0.1:{port}/v1/traces", timeout=0.2)
+
+        assert sender.send(_trace()) is False
+
+    assert sender.failures == 1
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "ftp://127.0.0.1:4318/v1/traces",
+        "file:///tmp/traces.json",
+        "grpc://127.0.0.1:4317",
+        "127.0.0.1:4318/v1/traces",
+        "http:///v1/traces",
+        "http://user:pass@127.0.0.1:4318/v1/traces",
+    ],
+)
+def test_sender_refuses_bad_endpoints(endpoint: str) -> None:
+    with pytest.raises(ValueError, match="endpoint"):
+        OtlpHttpSender(endpoint)
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0, math.nan, math.inf])
+def test_sender_refuses_bad_timeouts(timeout: float) -> None:
+    with pytest.raises(ValueError, match="timeout"):
+        OtlpHttpSender("http://127.0.0.1:4318/v1/traces", timeout=timeout)
+
+
+def test_sender_refuses_header_injection() -> None:
+    with pytest.raises(ValueError, match="line break"):
+        OtlpHttpSender("http://127.0.0.1:4318/v1/traces", headers={"X-A": "1\r\nX-B: 2"})
+
+
+def test_https_endpoint_is_accepted() -> None:
+    sender = OtlpHttpSender("https://otel.example.com/v1/traces")
+
+    assert sender.endpoint == "https://otel.example.com/v1/traces"
+    assert sender.failures == 0
