@@ -126,7 +126,7 @@ class _DropCounter:
 def _record_count(item: object) -> int:
     """How many records a queue item carries (0 for control messages)."""
     if type(item) is Batch:
-        return len(item.records)  # type: ignore[attr-defined]
+        return len(item.records)
     if isinstance(item, _Flush | _Query | _Stop):
         return 0
     return 1
@@ -143,6 +143,9 @@ class Collector(ABC, Generic[StoreT]):
         name: Short name (``"metrics"``); the thread is ``collector-<name>``.
         maxsize: Queue bound, in queue items (a batch is one item).
         batch_size: The most items applied per wake-up.
+        linger: After a busy wake-up, seconds the thread waits for a batch to
+            gather before applying a small one. Records then wait at most this
+            long; flushes and reads end the wait at once.
         overflow: ``"drop_newest"`` (never blocks) or ``"block"``.
         block_timeout: Seconds a ``"block"`` send waits for room.
     """
@@ -158,6 +161,7 @@ class Collector(ABC, Generic[StoreT]):
         batch_size: int = 4_096,
         overflow: OverflowPolicy = "drop_newest",
         block_timeout: float = 0.25,
+        linger: float = 0.002,
     ) -> None:
         if maxsize <= 0:
             raise ValueError(f"maxsize must be positive, got {maxsize}")
@@ -172,11 +176,14 @@ class Collector(ABC, Generic[StoreT]):
         self._batch_size = batch_size
         self._block = overflow == "block"
         self._block_timeout = block_timeout
+        if not 0 <= linger <= 1:
+            raise ValueError(f"linger must be within [0, 1] seconds, got {linger}")
+        self._linger = linger
         self._init_runtime(dropped=None)
 
     def _init_runtime(self, dropped: dict[str, int] | None) -> None:
         """Fresh queue, counters, store and thread slot (constructor and after fork)."""
-        self._queue = RecordQueue(self._maxsize)
+        self._queue = RecordQueue(self._maxsize, wake_batch=min(256, self._batch_size))
         self._drops = _DropCounter(dropped)
         self._store: StoreT = self._new_store()
         self._applied = 0
@@ -217,11 +224,14 @@ class Collector(ABC, Generic[StoreT]):
         Returns:
             Whether the record was enqueued.
         """
+        if self.accepting and self._queue.offer(record):
+            return True
+        return self._send_slow(record, n)
+
+    def _send_slow(self, record: object, n: int) -> bool:
         if not self.accepting:
             self._dropped("closed", n)
             return False
-        if self._queue.offer(record):
-            return True
         if self._block and self._queue.put_until(
             record, time.monotonic() + self._block_timeout
         ):
@@ -288,7 +298,7 @@ class Collector(ABC, Generic[StoreT]):
         ):
             future.set_result(self._state is CollectorState.STOPPED)
             return future
-        if self._state is CollectorState.DEAD:  # died while we enqueued
+        if self._is_dead():  # died while we enqueued
             self._sweep("collector_dead")
         return future
 
@@ -305,11 +315,14 @@ class Collector(ABC, Generic[StoreT]):
         if self._state is CollectorState.RUNNING:
             future: Future[ResultT] = Future()
             if self._queue.offer_control(_Query(lambda: fn(self._store), future)):
-                if self._state is CollectorState.DEAD:
+                if self._is_dead():
                     self._sweep("collector_dead")
                 return future.result(timeout)
         self._wait_thread_gone(timeout)
         return fn(self._store)
+
+    def _is_dead(self) -> bool:
+        return self._state is CollectorState.DEAD
 
     def _wait_thread_gone(self, timeout: float) -> None:
         thread = self._thread
@@ -404,7 +417,7 @@ class Collector(ABC, Generic[StoreT]):
     def _apply(self, record: Any) -> None:
         """Apply one record to the store. Runs on the collector thread only."""
 
-    def _on_idle(self) -> None:  # noqa: B027 - optional hook
+    def _on_idle(self) -> None:
         """Called after each drained batch (collector thread); override to publish."""
 
     def _check_owner(self) -> None:
@@ -417,9 +430,14 @@ class Collector(ABC, Generic[StoreT]):
         queue = self._queue
         batch_size = self._batch_size
         apply = self._apply
+        linger: float | None = None  # idle: sleep until something arrives
         try:
             while True:
-                items = queue.drain(batch_size, None)
+                items = queue.drain(batch_size, linger)
+                if not items:
+                    linger = None
+                    continue
+                linger = self._linger
                 applied = 0
                 stop_at = -1
                 for index, item in enumerate(items):
@@ -429,7 +447,7 @@ class Collector(ABC, Generic[StoreT]):
                             try:
                                 apply(record)
                                 applied += 1
-                            except Exception as exc:  # noqa: BLE001 - a handler must not kill us
+                            except Exception as exc:
                                 self._handler_failed(record, exc)
                     elif kind is _Flush:
                         self._applied += applied
@@ -447,7 +465,7 @@ class Collector(ABC, Generic[StoreT]):
                         try:
                             apply(item)
                             applied += 1
-                        except Exception as exc:  # noqa: BLE001 - a handler must not kill us
+                        except Exception as exc:
                             self._handler_failed(item, exc)
                 self._applied += applied
                 if stop_at >= 0:
@@ -492,5 +510,5 @@ class Collector(ABC, Generic[StoreT]):
 def _run_query(query: _Query) -> None:
     try:
         query.future.set_result(query.fn())
-    except Exception as exc:  # noqa: BLE001 - the caller gets the error, not the thread
+    except Exception as exc:
         query.future.set_exception(exc)

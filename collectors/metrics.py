@@ -19,9 +19,9 @@ from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any
 
+from collectors._sketch import QuantileSketch
 from collectors.base import Collector
 from collectors.records import Labels, MetricRecord
-from collectors._sketch import QuantileSketch
 from collectors.snapshots import HistogramSeries, MetricFamily, MetricSpec, ValueSeries
 
 __all__ = ("OVERFLOW_LABELS", "MetricsStore", "MetricsStoreCollector")

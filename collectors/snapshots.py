@@ -84,7 +84,7 @@ class HistogramSeries(NamedTuple):
     """
 
     labels: tuple[tuple[str, str], ...]
-    count: int
+    count: int  # type: ignore[assignment]  # shadows tuple.count, as the spec names it
     sum: float
     buckets: tuple[tuple[float, int], ...]
     p50: float | None

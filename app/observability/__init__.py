@@ -16,10 +16,9 @@ other. It holds no global state: two containers in one process share nothing.
 
 from __future__ import annotations
 
-from types import TracebackType
-from typing import Self
-
 import asyncio
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
 
 from app.observability.audit import AuditLogger
 from app.observability.catalog import build_catalog
@@ -39,6 +38,9 @@ from collectors.cost import CostStoreCollector
 from collectors.metrics import MetricsStoreCollector
 from collectors.pipeline import FlushResult, Pipeline, PipelineHealth, PipelineState
 from collectors.trace import TraceStoreCollector
+
+if TYPE_CHECKING:
+    from app.observability.http_server import MetricsServer
 
 __all__ = (
     "AuditLogger",
@@ -85,11 +87,12 @@ class Observability:
 
     def __init__(self, settings: ObservabilitySettings | None = None, *, start: bool = True) -> None:
         self.settings = settings = settings or ObservabilitySettings()
-        queue_kwargs = {
+        queue_kwargs: dict[str, Any] = {
             "maxsize": settings.queue_maxsize,
             "batch_size": settings.drain_batch_size,
             "overflow": settings.overflow_policy,
             "block_timeout": settings.block_timeout_seconds,
+            "linger": settings.linger_seconds,
         }
         catalog = build_catalog(
             latency_buckets=settings.latency_buckets,
@@ -97,9 +100,10 @@ class Observability:
         )
         span_redactor = audit_redactor = None
         if settings.redact:
-            from app.observability.redaction import redact_audit_record, redact_span_record
+            from app.observability.redaction import Redactor
 
-            span_redactor, audit_redactor = redact_span_record, redact_audit_record
+            redactor = Redactor()
+            span_redactor, audit_redactor = redactor.span, redactor.audit
         metrics_actor = MetricsStoreCollector(
             catalog,
             max_series_per_metric=settings.max_series_per_metric,
@@ -142,7 +146,7 @@ class Observability:
         self.failures = FailureClassifier(metrics=self.metrics, audit=self.audit)
         self.langfuse = LangfuseClient(tracing=self.tracing, costs=self.costs, metrics=metrics_actor)
         self.evaluation = EvaluationService(audit=self.audit, metrics=self.metrics)
-        self._server = None
+        self._server: MetricsServer | None = None
         if start:
             self.start()
 
@@ -171,7 +175,7 @@ class Observability:
         return self
 
     @property
-    def metrics_server(self) -> object | None:
+    def metrics_server(self) -> MetricsServer | None:
         """The running ``/metrics`` server, if enabled."""
         return self._server
 

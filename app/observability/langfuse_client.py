@@ -97,12 +97,12 @@ class LangfuseClient:
             ValueError: Empty ids, negative tokens or latency, non-finite values.
             TypeError: Wrong types.
         """
-        for field, value in (("prompt_version", prompt_version), ("name", name),
-                             ("provider", provider)):
-            if type(value) is not str or not value:
-                raise (TypeError if type(value) is not str else ValueError)(
-                    f"{field} must be a non-empty str"
-                )
+        for field, text in (("prompt_version", prompt_version), ("name", name),
+                            ("provider", provider)):
+            if type(text) is not str:
+                raise TypeError(f"{field} must be a str, got {type(text).__name__}")
+            if not text:
+                raise ValueError(f"{field} must not be empty")
         if type(latency) is not float and type(latency) is not int:
             raise TypeError(f"latency must be a float (seconds), got {type(latency).__name__}")
         if not 0 <= latency < math.inf:

@@ -32,6 +32,7 @@ from collectors.trace import TraceStoreCollector
 __all__ = ("MetricsCollector", "format_bound")
 
 _INF = math.inf
+_VALID_CACHE_SIZE = 4_096
 
 
 def format_bound(bound: float) -> str:
@@ -80,6 +81,11 @@ class MetricsCollector:
             name: frozenset(spec.label_names)
             for name, spec in catalog.items() if spec.type == "histogram"
         }
+        self._send = collector.send
+        #: Label sets already validated, per metric (a bounded cache).
+        self._valid: dict[str, set[tuple[tuple[str, Any], ...]]] = {
+            name: set() for name in catalog
+        }
 
     @property
     def catalog(self) -> Mapping[str, MetricSpec]:
@@ -105,13 +111,18 @@ class MetricsCollector:
         if allowed is None:
             raise ValueError(_unknown(metric, "counter", self._counters, self._histograms))
         kind = type(amount)
-        if kind is not int and kind is not float:
+        if kind is int:
+            if amount < 0:
+                raise ValueError(f"amount must be >= 0, got {amount!r}")
+        elif kind is float:
+            if not 0 <= amount < _INF:
+                raise ValueError(f"amount must be finite and >= 0, got {amount!r}")
+        else:
             raise TypeError(f"amount must be an int or float, got {kind.__name__}")
-        if not 0 <= amount < _INF:
-            raise ValueError(f"amount must be finite and >= 0, got {amount!r}")
-        if labels:
-            self._check_labels(metric, allowed, labels)
-        self._collector.send(MetricRecord(metric, tuple(labels.items()), amount))
+        key = tuple(labels.items())
+        if key not in self._valid[metric]:
+            self._check_labels(metric, allowed, labels, key)
+        self._send(MetricRecord(metric, key, amount))
 
     def observe_latency(self, metric: str, seconds: float, /, **labels: str) -> None:
         """Observe one latency, in seconds, in a histogram.
@@ -134,14 +145,19 @@ class MetricsCollector:
             raise TypeError(f"latency must be a float (seconds), got {kind.__name__}")
         if not 0 <= seconds < _INF:
             raise ValueError(f"latency must be finite and >= 0 seconds, got {seconds!r}")
-        if labels:
-            self._check_labels(metric, allowed, labels)
-        self._collector.send(MetricRecord(metric, tuple(labels.items()), seconds))
+        key = tuple(labels.items())
+        if key not in self._valid[metric]:
+            self._check_labels(metric, allowed, labels, key)
+        self._send(MetricRecord(metric, key, seconds))
 
     #: ``observe`` is the general name for histograms that are not latencies.
     observe = observe_latency
 
-    def _check_labels(self, metric: str, allowed: frozenset[str], labels: dict[str, Any]) -> None:
+    def _check_labels(
+        self, metric: str, allowed: frozenset[str], labels: dict[str, Any],
+        key: tuple[tuple[str, Any], ...],
+    ) -> None:
+        """Validate a label set once; remember it so the next call skips the checks."""
         if not labels.keys() <= allowed:
             extra = sorted(labels.keys() - allowed)
             raise ValueError(
@@ -158,6 +174,10 @@ class MetricsCollector:
                 raise ValueError(
                     f"label {name!r} of {metric!r} is longer than {self._max_label} characters"
                 )
+        valid = self._valid[metric]
+        if len(valid) >= _VALID_CACHE_SIZE:  # bounded: a label flood must not grow it
+            valid.clear()
+        valid.add(key)
 
     # --- reading (answered by the collector threads) ------------------------
 

@@ -23,6 +23,7 @@ from collectors.records import AuditRecord, SpanEvent, SpanRecord
 
 __all__ = (
     "MASK",
+    "Redactor",
     "redact_audit_record",
     "redact_span_record",
     "redact_text",
@@ -112,25 +113,105 @@ def redact_value(key: str, value: Any) -> Any:
     return value
 
 
-def _pairs(pairs: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
-    return tuple((key, redact_value(key, value)) for key, value in pairs)
+class Redactor:
+    """Record redactor with bounded memo caches, for the collector threads.
+
+    Telemetry repeats the same keys and values (tenant ids, model versions,
+    node names) over and over; the regular expressions run once per distinct
+    string. Each cache is bounded and cleared when full, so a flood of unique
+    values costs time, never unbounded memory. One instance belongs to one
+    container; its caches are only ever touched by the collector threads that
+    call it (a dict get/set is atomic, and a race only repeats work).
+
+    Args:
+        cache_size: Distinct strings remembered per cache.
+    """
+
+    __slots__ = ("_cache_size", "_keys", "_texts")
+
+    def __init__(self, cache_size: int = 8_192) -> None:
+        self._cache_size = cache_size
+        self._texts: dict[str, str] = {}
+        self._keys: dict[str, bool] = {}
+
+    def text(self, text: str) -> str:
+        """:func:`redact_text`, memoised."""
+        cached = self._texts.get(text)
+        if cached is None:
+            cached = redact_text(text)
+            if len(self._texts) >= self._cache_size:
+                self._texts.clear()
+            self._texts[text] = cached
+        return cached
+
+    def value(self, key: str, value: Any) -> Any:
+        """:func:`redact_value`, memoised for string keys and values."""
+        sensitive = self._keys.get(key)
+        if sensitive is None:
+            sensitive = _sensitive_key(key)
+            if len(self._keys) >= self._cache_size:
+                self._keys.clear()
+            self._keys[key] = sensitive
+        if sensitive:
+            return MASK
+        if type(value) is str:
+            return self.text(value)
+        if type(value) in (int, float, bool) or value is None:
+            return value
+        return redact_value(key, value)
+
+    def _pairs(self, pairs: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
+        """Redact ``(key, value)`` pairs; returns ``pairs`` itself when nothing changes."""
+        changed: list[tuple[str, Any]] | None = None
+        value = self.value
+        for index, pair in enumerate(pairs):
+            key, item = pair
+            new = value(key, item)
+            if new is not item and new != item:
+                if changed is None:
+                    changed = list(pairs[:index])
+                changed.append((key, new))
+            elif changed is not None:
+                changed.append(pair)
+        return pairs if changed is None else tuple(changed)
+
+    def span(self, span: SpanRecord) -> SpanRecord:
+        """``span`` with name, attributes, events and error message redacted.
+
+        Returns the same record when nothing needed masking (the common case).
+        """
+        name = self.text(span.name)
+        attributes = self._pairs(span.attributes)
+        message = span.error_message
+        if message:
+            message = self.text(message)
+        events = span.events
+        if events:
+            events = tuple(
+                SpanEvent(self.text(e.name), e.time_ns, self._pairs(e.attributes))
+                for e in events
+            )
+        if (name is span.name and attributes is span.attributes
+                and message is span.error_message and events == span.events):
+            return span
+        return span._replace(
+            name=name, attributes=attributes, error_message=message, events=events
+        )
+
+    def audit(self, record: AuditRecord) -> AuditRecord:
+        """``record`` with every field redacted (the same record if nothing changed)."""
+        fields = self._pairs(record.fields)
+        return record if fields is record.fields else record._replace(fields=fields)
 
 
 def redact_span_record(span: SpanRecord) -> SpanRecord:
-    """A copy of ``span`` with attributes, events, name and error message redacted."""
-    return span._replace(
-        name=redact_text(span.name),
-        attributes=_pairs(span.attributes),
-        error_message=redact_text(span.error_message) if span.error_message else None,
-        events=tuple(
-            SpanEvent(redact_text(e.name), e.time_ns, _pairs(e.attributes)) for e in span.events
-        ),
-    )
+    """A copy of ``span`` with name, attributes, events and error message redacted."""
+    return Redactor(cache_size=64).span(span)
 
 
 def redact_audit_record(record: AuditRecord) -> AuditRecord:
     """A copy of ``record`` with every field redacted."""
-    return record._replace(fields=_pairs(record.fields))
+    return Redactor(cache_size=64).audit(record)
 
 
 def structlog_redactor(

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple
 
 from collectors.records import AttributeValue, SpanEvent, SpanRecord
 from collectors.trace import TraceStoreCollector
@@ -492,6 +492,3 @@ def _check_attribute(key: object, value: object) -> None:
             f"attribute {key!r} must be str, bool, int or float, got {kind.__name__}"
         )
 
-
-def _unused(_: Self) -> None:  # pragma: no cover - keeps typing.Self import for 3.11 mypy
-    return None

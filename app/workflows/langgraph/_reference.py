@@ -37,19 +37,21 @@ ISO_COUNTRIES: frozenset[str] = frozenset(_ISO_COUNTRY_TABLE.split())
 
 #: US dollars per unit of each accepted currency. Static simulation rates: the
 #: engine only needs an order of magnitude to apply USD-denominated limits.
-USD_PER_UNIT: Mapping[str, Decimal] = MappingProxyType({
-    "AUD": Decimal("0.66"),
-    "CAD": Decimal("0.73"),
-    "CHF": Decimal("1.13"),
-    "DKK": Decimal("0.15"),
-    "EUR": Decimal("1.08"),
-    "GBP": Decimal("1.27"),
-    "JPY": Decimal("0.0067"),
-    "NOK": Decimal("0.094"),
-    "SEK": Decimal("0.096"),
-    "SGD": Decimal("0.74"),
-    "USD": Decimal("1"),
-})
+USD_PER_UNIT: Mapping[str, Decimal] = MappingProxyType(
+    {
+        "AUD": Decimal("0.66"),
+        "CAD": Decimal("0.73"),
+        "CHF": Decimal("1.13"),
+        "DKK": Decimal("0.15"),
+        "EUR": Decimal("1.08"),
+        "GBP": Decimal("1.27"),
+        "JPY": Decimal("0.0067"),
+        "NOK": Decimal("0.094"),
+        "SEK": Decimal("0.096"),
+        "SGD": Decimal("0.74"),
+        "USD": Decimal("1"),
+    }
+)
 
 #: The ISO 4217 codes a transaction may be denominated in.
 ALLOWED_CURRENCIES: frozenset[str] = frozenset(USD_PER_UNIT)

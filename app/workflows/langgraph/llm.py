@@ -33,17 +33,21 @@ HIGH_RISK_MERCHANT_CATEGORIES: frozenset[str] = frozenset(
     {"gambling", "crypto_exchange", "money_transfer", "gift_cards"}
 )
 
-_MODEL_BIAS: Mapping[str, float] = MappingProxyType({
-    "risk-llm-v2": 0.0,
-    "risk-llm-v1": 0.03,
-    "risk-llm-mini-v1": 0.05,
-})
-_CHANNEL_RISK: Mapping[str, float] = MappingProxyType({
-    "api": 0.05,
-    "web": 0.02,
-    "mobile": 0.01,
-    "branch": 0.0,
-})
+_MODEL_BIAS: Mapping[str, float] = MappingProxyType(
+    {
+        "risk-llm-v2": 0.0,
+        "risk-llm-v1": 0.03,
+        "risk-llm-mini-v1": 0.05,
+    }
+)
+_CHANNEL_RISK: Mapping[str, float] = MappingProxyType(
+    {
+        "api": 0.05,
+        "web": 0.02,
+        "mobile": 0.01,
+        "branch": 0.0,
+    }
+)
 _JITTER_SPAN = 0.04
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
 

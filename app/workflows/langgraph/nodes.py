@@ -35,6 +35,7 @@ __all__ = (
     "DecisionEvaluator",
     "RiskNodes",
     "Route",
+    "parse_approval_answer",
 )
 
 Route = Literal["auto_decision", "escalate_for_approval"]
@@ -282,7 +283,10 @@ class RiskNodes:
         By default it only marks the case. With ``interrupt_for_approval`` the
         run pauses in :func:`langgraph.types.interrupt`; it resumes with
         ``Command(resume={"decision": "approve" | "reject", "reviewer": str})``
-        and the human's decision replaces the automatic one.
+        and the human's decision replaces the automatic one. A malformed
+        answer does not fail the run: the node asks again (a new interrupt
+        whose value carries ``problem``), since LangGraph replays the answers
+        already given to earlier interrupts of the node on every resume.
 
         Args:
             state: The graph state.
@@ -290,22 +294,25 @@ class RiskNodes:
         Returns:
             ``approval_required``, plus ``decision`` and ``reviewer`` when a
             human answered.
-
-        Raises:
-            InputValidationError: If the human's answer is malformed.
         """
         if not self._interrupt_for_approval:
             return {"approval_required": True}
-        answer = interrupt({
+        question: dict[str, Any] = {
             "request_id": state["request_id"],
             "tenant_id": state["tenant_id"],
             "proposed_decision": state.get("decision"),
             "risk_score": state.get("risk_score"),
             "high_risk": state.get("high_risk", False),
             "reasons": list(state.get("errors", ())),
-        })
-        decision, reviewer = _parse_approval(answer)
-        return {"approval_required": True, "decision": decision, "reviewer": reviewer}
+        }
+        while True:
+            answer = interrupt(question)
+            try:
+                decision, reviewer = parse_approval_answer(answer)
+            except InputValidationError as exc:
+                question = {**question, "problem": str(exc)}
+                continue
+            return {"approval_required": True, "decision": decision, "reviewer": reviewer}
 
     async def evaluate(self, state: RiskGraphState) -> RiskStateUpdate:
         """Let the injected evaluator judge the decision; a no-op without one.
@@ -350,7 +357,18 @@ def _input_error(exc: ValidationError) -> InputValidationError:
     return InputValidationError(f"invalid field {locations[0]!r}: {detail}", field=locations[0])
 
 
-def _parse_approval(answer: object) -> tuple[Decision, str]:
+def parse_approval_answer(answer: object) -> tuple[Decision, str]:
+    """Read a human's answer to an approval interrupt.
+
+    Args:
+        answer: ``{"decision": "approve" | "reject", "reviewer": <non-empty str>}``.
+
+    Returns:
+        The decision and the reviewer.
+
+    Raises:
+        InputValidationError: Naming ``decision`` or ``reviewer``.
+    """
     if not isinstance(answer, Mapping):
         raise InputValidationError(
             "approval answer must be a mapping with 'decision' and 'reviewer'", field="decision"
@@ -361,6 +379,4 @@ def _parse_approval(answer: object) -> tuple[Decision, str]:
         if not isinstance(reviewer, str) or not reviewer.strip():
             raise InputValidationError("approval answer needs a reviewer", field="reviewer")
         return decision, reviewer
-    raise InputValidationError(
-        "approval decision must be 'approve' or 'reject'", field="decision"
-    )
+    raise InputValidationError("approval decision must be 'approve' or 'reject'", field="decision")

@@ -115,8 +115,7 @@ class PolicyEngine:
             PolicyResult(
                 name="new_account_high_value",
                 passed=not (new_account and amount_usd > self._new_account_amount_usd),
-                detail=f"account {transaction.account_age_days} days old, "
-                f"{amount_usd:.2f} USD",
+                detail=f"account {transaction.account_age_days} days old, {amount_usd:.2f} USD",
             ),
             PolicyResult(
                 name="chargeback_history",

@@ -29,6 +29,7 @@ from langgraph.types import Command
 from app.errors import WorkflowError
 from app.workflows.langgraph.config import WorkflowConfig
 from app.workflows.langgraph.graph import RiskGraph
+from app.workflows.langgraph.nodes import parse_approval_answer
 from app.workflows.langgraph.state import RiskRequest, RiskState, initial_graph_state
 
 __all__ = (
@@ -99,11 +100,13 @@ async def resume_risk_workflow(
         The validated final state.
 
     Raises:
-        InputValidationError: If the answer is malformed.
+        InputValidationError: If the answer is malformed; it is checked before
+            anything is sent, so the run stays paused and can be resumed again.
         WorkflowError: If the graph has no checkpointer.
     """
     if not isinstance(graph.checkpointer, BaseCheckpointSaver):
         raise WorkflowError("cannot resume: the graph has no checkpointer")
+    parse_approval_answer(resume)
     with langsmith_tracing_disabled():
         result = await graph.ainvoke(
             Command(resume=resume), config=_run_config(graph, request, config)
