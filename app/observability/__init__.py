@@ -141,7 +141,8 @@ class Observability:
             read_timeout=read_timeout,
         )
         self.tracing = TracingService(
-            trace_actor, sample_ratio=settings.sample_ratio, id_seed=settings.id_seed
+            trace_actor, metrics=metrics_actor, costs=cost_actor,
+            sample_ratio=settings.sample_ratio, id_seed=settings.id_seed,
         )
         self.failures = FailureClassifier(metrics=self.metrics, audit=self.audit)
         self.langfuse = LangfuseClient(tracing=self.tracing, costs=self.costs, metrics=metrics_actor)

@@ -120,6 +120,24 @@ class CostTracker:
                 cost, or an unpriced model under ``unpriced_policy="raise"``.
             TypeError: Wrong types.
         """
+        record = self.build_record(
+            tenant_id=tenant_id, model_version=model_version, input_tokens=input_tokens,
+            output_tokens=output_tokens, request_id=request_id, cost=cost,
+        )
+        self._collector.send(record)
+        return record.cost
+
+    def build_record(
+        self,
+        *,
+        tenant_id: str,
+        model_version: str,
+        input_tokens: int,
+        output_tokens: int,
+        request_id: str | None = None,
+        cost: Decimal | None = None,
+    ) -> CostRecord:
+        """Validate and price usage into a record without sending it (see :meth:`add_cost`)."""
         _check_text("tenant_id", tenant_id)
         if request_id is not None:
             _check_text("request_id", request_id)
@@ -132,11 +150,14 @@ class CostTracker:
             priced = True
         if not priced:
             self._unpriced(model_version)
-        self._collector.send(CostRecord(
+        return CostRecord(
             tenant_id, request_id, model_version, input_tokens, output_tokens, cost, priced,
             time.time_ns(),
-        ))
-        return cost
+        )
+
+    def send_record(self, record: CostRecord) -> None:
+        """Send a record from :meth:`build_record` to the cost store."""
+        self._collector.send(record)
 
     def _unpriced(self, model_version: str) -> None:
         if self._policy == "raise":

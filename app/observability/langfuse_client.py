@@ -112,12 +112,12 @@ class LangfuseClient:
         parent = self._tracing.current_span()
         if request_id is None and parent is not None:
             request_id = parent.request_id
-        cost = self._costs.add_cost(
+        cost_record = self._costs.build_record(
             tenant_id=tenant_id, model_version=model_version, input_tokens=input_tokens,
             output_tokens=output_tokens, request_id=request_id, cost=estimated_cost,
         )
-        priced = estimated_cost is not None or model_version in self._costs.priced_models
-        self._metrics.send(Batch((
+        cost, priced = cost_record.cost, cost_record.priced
+        usage = (
             MetricRecord("model_usage_count",
                          (("model_version", model_version), ("tenant_id", tenant_id)), 1),
             MetricRecord("prompt_usage_count",
@@ -127,7 +127,14 @@ class LangfuseClient:
             MetricRecord("token_usage", (("tenant_id", tenant_id),
                          ("model_version", model_version), ("direction", "output")),
                          output_tokens),
-        )), 4)
+        )
+        outbox = self._tracing.current_outbox()
+        if outbox is not None:  # inside a batched workflow run: enqueued when it ends
+            outbox.costs.append(cost_record)
+            outbox.metrics.extend(usage)
+        else:
+            self._costs.send_record(cost_record)
+            self._metrics.send(Batch(usage), len(usage))
         if event_id is None:
             event_id = f"gen-{self._tracing._rng.getrandbits(96):024x}"
         attributes: dict[str, AttributeValue] = {

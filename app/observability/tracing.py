@@ -31,10 +31,18 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any, NamedTuple
 
-from collectors.records import AttributeValue, SpanEvent, SpanRecord
+from collectors.base import Collector
+from collectors.records import (
+    AttributeValue,
+    Batch,
+    CostRecord,
+    MetricRecord,
+    SpanEvent,
+    SpanRecord,
+)
 from collectors.trace import TraceStoreCollector
 
-__all__ = ("Span", "SpanContext", "SpanScope", "TracingService", "parse_traceparent")
+__all__ = ("Outbox", "Span", "SpanContext", "SpanScope", "TracingService", "parse_traceparent")
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _KINDS = frozenset({"workflow", "node", "generation", "internal"})
@@ -88,6 +96,32 @@ def parse_traceparent(value: str) -> SpanContext | None:
     return SpanContext(trace_id, span_id, bool(int(flags, 16) & 1), remote=True)
 
 
+class Outbox:
+    """Records of one batched run, enqueued together when the run's root span ends.
+
+    A workflow run opened with ``start_span(..., batch=True)`` owns one. Its
+    descendants (node spans, generations, the instrumentation's metrics and
+    costs) append their finished, immutable records here instead of putting
+    each on a queue; the root's end sends at most one :class:`Batch` per
+    collector. Appends come from the run's own tasks and threads (a
+    ``list.append`` is atomic); nothing reads the lists until the root ends.
+    If a run grows past ``limit`` records, the outbox is sent early.
+    """
+
+    __slots__ = ("costs", "limit", "metrics", "open", "spans")
+
+    def __init__(self, limit: int = 512) -> None:
+        self.spans: list[SpanRecord] = []
+        self.metrics: list[MetricRecord] = []
+        self.costs: list[CostRecord] = []
+        self.limit = limit
+        self.open = True
+
+    def size(self) -> int:
+        """Records waiting."""
+        return len(self.spans) + len(self.metrics) + len(self.costs)
+
+
 class Span:
     """A started span. Mutable until it ends; then it is sent as a record.
 
@@ -97,7 +131,7 @@ class Span:
 
     __slots__ = (
         "_perf_start", "_token", "attributes", "correlation_id", "end_ns", "events", "kind",
-        "name", "parent", "request_id", "sampled", "span_id", "start_ns", "status",
+        "name", "outbox", "parent", "request_id", "sampled", "span_id", "start_ns", "status",
         "tenant_id", "trace_id",
     )
 
@@ -117,6 +151,7 @@ class Span:
         self.correlation_id = correlation_id
         self.request_id = request_id
         self.events: list[SpanEvent] = []
+        self.outbox: Outbox | None = None
         self.status = "unset"
         self.end_ns = 0
         self.start_ns = time.time_ns()
@@ -228,6 +263,8 @@ class TracingService:
 
     Args:
         collector: The trace actor finished spans are sent to.
+        metrics: The metrics actor (where a batched run's metrics go).
+        costs: The cost actor (where a batched run's costs go).
         sample_ratio: Share of new traces that are recorded (0..1).
         id_seed: Seed for deterministic ids (tests); random otherwise.
     """
@@ -236,12 +273,16 @@ class TracingService:
         self,
         collector: TraceStoreCollector | None,
         *,
+        metrics: Collector[Any] | None = None,
+        costs: Collector[Any] | None = None,
         sample_ratio: float = 1.0,
         id_seed: int | None = None,
     ) -> None:
         if not 0.0 <= sample_ratio <= 1.0:
             raise ValueError(f"sample_ratio must be in [0, 1], got {sample_ratio!r}")
         self._collector = collector
+        self._metrics = metrics
+        self._costs = costs
         self._sample_bound = round(sample_ratio * (1 << 64))
         self._id_seed = id_seed
         self._rng = random.Random(id_seed)
@@ -302,12 +343,17 @@ class TracingService:
         correlation_id: str | None = None,
         request_id: str | None = None,
         attributes: Mapping[str, AttributeValue] | None = None,
+        batch: bool = False,
     ) -> Span:
         """Start a span and make it current in this context.
 
         The parent is ``parent`` if given, else the current span (unless
         ``root``). ``tenant_id``, ``correlation_id`` and ``request_id`` are
         inherited from a local parent when not given, and set as attributes.
+
+        With ``batch=True`` the span owns an :class:`Outbox`: the records of
+        its descendants are enqueued together when it ends (the workflow
+        instrumentation uses this to keep a run to ~3 queue puts).
 
         Raises:
             ValueError: Empty name, unknown kind, empty id, bad attribute.
@@ -343,6 +389,12 @@ class TracingService:
             sampled = parent.sampled
         span = Span(name, kind, trace_id, getrandbits(64) or 1, parent, sampled, attrs,
                     tenant_id, correlation_id, request_id)
+        if batch:
+            span.outbox = Outbox()
+        elif type(parent) is Span:
+            outbox = parent.outbox
+            if outbox is not None and outbox.open:
+                span.outbox = outbox
         span._token = self._current.set(span)
         return span
 
@@ -396,9 +448,39 @@ class TracingService:
             error_type, error_message, tuple(span.attributes.items()), tuple(span.events),
             type(parent) is SpanContext and parent.remote,
         )
-        if span.sampled and self._collector is not None:
-            self._collector.send(record)
+        outbox = span.outbox
+        if outbox is None:
+            if span.sampled and self._collector is not None:
+                self._collector.send(record)
+        else:
+            if span.sampled:
+                outbox.spans.append(record)
+            if type(parent) is not Span or parent.outbox is not outbox:  # the owner ends
+                outbox.open = False
+                self.send_outbox(outbox)
+            elif outbox.size() >= outbox.limit:
+                self.send_outbox(outbox)
         return record
+
+    def send_outbox(self, outbox: Outbox) -> None:
+        """Enqueue everything in ``outbox`` (one batch per collector) and empty it."""
+        spans, metrics, costs = outbox.spans, outbox.metrics, outbox.costs
+        outbox.spans, outbox.metrics, outbox.costs = [], [], []
+        if spans and self._collector is not None:
+            self._collector.send(Batch(tuple(spans)), len(spans))
+        if metrics and self._metrics is not None:
+            self._metrics.send(Batch(tuple(metrics)), len(metrics))
+        if costs and self._costs is not None:
+            self._costs.send(Batch(tuple(costs)), len(costs))
+
+    def current_outbox(self) -> Outbox | None:
+        """The open outbox of the current batched run, if any."""
+        current = self._current.get()
+        if type(current) is Span:
+            outbox = current.outbox
+            if outbox is not None and outbox.open:
+                return outbox
+        return None
 
     async def end_span(
         self, span: Span, *, status: str | None = None, error: BaseException | None = None
@@ -438,8 +520,12 @@ class TracingService:
             status, None, None, tuple(attributes.items()), (),
             type(parent) is SpanContext and parent.remote,
         )
-        if sampled and self._collector is not None:
-            self._collector.send(record)
+        if sampled:
+            outbox = parent.outbox if type(parent) is Span else None
+            if outbox is not None and outbox.open:
+                outbox.spans.append(record)
+            elif self._collector is not None:
+                self._collector.send(record)
         return record
 
     # --- reading ------------------------------------------------------------

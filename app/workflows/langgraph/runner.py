@@ -11,6 +11,11 @@ only when it is unset. :func:`langsmith_tracing_disabled` sets both context
 variables for the duration of the run; context variables are per task and
 copied into the tasks and executor threads LangGraph starts, so nothing
 global changes.
+
+One legacy case: with ``LANGCHAIN_TRACING`` or ``LANGCHAIN_HANDLER`` set (the
+retired v1 tracer), langchain-core raises ``RuntimeError`` whenever v2 tracing
+is off. There the context variable holds a tracer that drops every run, which
+keeps langchain-core satisfied and still sends nothing anywhere.
 """
 
 from __future__ import annotations
@@ -18,11 +23,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import langsmith
 from langchain_core.runnables import RunnableConfig
+from langchain_core.tracers.base import BaseTracer
 from langchain_core.tracers.context import tracing_v2_callback_var
+from langchain_core.tracers.langchain import LangChainTracer
+from langchain_core.tracers.schemas import Run
+from langchain_core.utils.env import env_var_is_set
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import Command
 
@@ -42,6 +51,13 @@ __all__ = (
 _INTERRUPT_KEY = "__interrupt__"
 
 
+class _DroppingTracer(BaseTracer):
+    """A tracer that keeps nothing, for environments asking for the v1 tracer."""
+
+    def _persist_run(self, run: Run) -> None:
+        """Drop the finished run."""
+
+
 @contextmanager
 def langsmith_tracing_disabled() -> Iterator[None]:
     """Switch LangSmith tracing off in the current context.
@@ -50,7 +66,11 @@ def langsmith_tracing_disabled() -> Iterator[None]:
         Nothing; tracing is off until the block exits, in this context and in
         every task or executor thread started from it.
     """
-    token = tracing_v2_callback_var.set(None)
+    ambient: LangChainTracer | None = None
+    if env_var_is_set("LANGCHAIN_TRACING") or env_var_is_set("LANGCHAIN_HANDLER"):
+        # The context variable is annotated LangChainTracer but any tracer works.
+        ambient = cast(LangChainTracer, _DroppingTracer())
+    token = tracing_v2_callback_var.set(ambient)
     try:
         with langsmith.tracing_context(enabled=False):
             yield

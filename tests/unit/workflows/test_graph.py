@@ -601,3 +601,20 @@ async def test_ambient_tracer_receives_no_runs(network_attempts: list[object]) -
         tracing_v2_callback_var.reset(token)
     assert len(tracer.persisted) == 1
     assert network_attempts == []
+
+
+@pytest.mark.asyncio
+@pytest.mark.usefixtures("langsmith_env")
+async def test_legacy_v1_tracing_variable_does_not_break_the_run(
+    monkeypatch: pytest.MonkeyPatch, network_attempts: list[object]
+) -> None:
+    monkeypatch.setenv("LANGCHAIN_TRACING", "true")
+    wrapper = RecordingWrapper()
+    config = WorkflowConfig()
+    graph = build_risk_graph(config=config, node_wrapper=wrapper)
+    with pytest.raises(RuntimeError, match="LangChainTracerV1"):  # control: langchain-core refuses
+        await graph.ainvoke(initial_graph_state(make_request(APPROVE)))
+    state = await run_risk_workflow(graph, make_request(APPROVE), config=config)
+    assert state.status == "completed"
+    assert set(wrapper.tracing.values()) == {False}
+    assert network_attempts == []
