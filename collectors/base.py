@@ -161,7 +161,7 @@ class Collector(ABC, Generic[StoreT]):
         batch_size: int = 4_096,
         overflow: OverflowPolicy = "drop_newest",
         block_timeout: float = 0.25,
-        linger: float = 0.002,
+        linger: float = 0.02,
     ) -> None:
         if maxsize <= 0:
             raise ValueError(f"maxsize must be positive, got {maxsize}")

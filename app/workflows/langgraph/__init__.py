@@ -19,7 +19,7 @@ from app.workflows.langgraph.graph import (
 )
 from app.workflows.langgraph.guardrails import GuardrailSuite
 from app.workflows.langgraph.llm import LLMResponse, SimulatedLLM
-from app.workflows.langgraph.nodes import DecisionEvaluator, RiskNodes
+from app.workflows.langgraph.nodes import DecisionEvaluator, RiskNodes, parse_approval_answer
 from app.workflows.langgraph.policies import PolicyEngine
 from app.workflows.langgraph.registry import (
     DEFAULT_REGISTRY,
@@ -76,6 +76,7 @@ __all__ = (
     "build_risk_graph",
     "initial_graph_state",
     "langsmith_tracing_disabled",
+    "parse_approval_answer",
     "resume_risk_workflow",
     "run_risk_workflow",
     "run_risk_workflow_sync",

@@ -1,0 +1,311 @@
+"""Instrumentation of the risk workflow, applied when the graph is built.
+
+Node code stays untouched: :meth:`WorkflowInstrumentation.wrap_node` is the
+``node_wrapper`` hook of :func:`~app.workflows.langgraph.graph.build_risk_graph`.
+It keeps sync nodes sync and async nodes async and preserves ``__wrapped__``
+(LangGraph inspects node signatures). Per node it:
+
+* starts a ``node`` span, child of the workflow span, in the node's own task
+  (or executor thread: LangGraph copies the context into both);
+* measures the latency and records ``node_execution_latency{node,tenant_id,status}``;
+* when the node made a (simulated) LLM call -- its update carries ``llm_call``
+  -- logs a generation through :class:`~app.observability.LangfuseClient`
+  (cost, model and prompt usage, tokens, a ``generation`` span under the node);
+* on failure classifies the exception (``failure_count{category}``, a
+  ``failure.classified`` audit event), marks the span as an error with the
+  exception's class, and re-raises the original exception unchanged.
+  LangGraph's interrupts (``GraphBubbleUp``) are not failures.
+
+:meth:`WorkflowInstrumentation.run` wraps one request: a ``workflow`` root span
+(tenant and correlation id also travel in ``config["metadata"]``), the
+request's latency, ``request_count``, ``workflow_execution_count``,
+``approval_required_count``, and a ``HIGH_RISK`` failure count for
+high-risk cases routed to approval.
+
+Cost of the hot path: the root span is a *batched* span, so every node span,
+latency and generation of the run is appended to the run's outbox and the
+whole run reaches the collectors as at most three queue puts (trace, metrics,
+cost) when it ends -- see ``docs/PERFORMANCE.md`` for the measured overhead.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from langgraph.errors import GraphBubbleUp
+
+from app.observability import FailureCategory, Observability
+from app.observability.tracing import Span
+from app.workflows.langgraph.config import WorkflowConfig
+from app.workflows.langgraph.graph import GRAPH_NAME, RiskGraph, build_risk_graph
+from app.workflows.langgraph.llm import SimulatedLLM
+from app.workflows.langgraph.runner import resume_risk_workflow, run_risk_workflow
+from app.workflows.langgraph.state import LLMCall, RiskRequest, RiskState
+from collectors.records import MetricRecord
+
+__all__ = ("InstrumentedRiskWorkflow", "WorkflowInstrumentation", "build_instrumented_workflow")
+
+T = TypeVar("T")
+
+#: Attribute set on an exception once it has been classified and counted, so
+#: the workflow level does not count a node's failure a second time.
+_CLASSIFIED = "__risk_engine_failure_category__"
+
+
+class WorkflowInstrumentation:
+    """Wraps nodes and runs with spans, metrics, generations and failure capture.
+
+    Args:
+        obs: The observability container (injected; never a global).
+        workflow_name: The ``workflow`` label and root span name.
+    """
+
+    def __init__(self, obs: Observability, *, workflow_name: str = GRAPH_NAME) -> None:
+        self._obs = obs
+        self._tracing = obs.tracing
+        self._failures = obs.failures
+        self._langfuse = obs.langfuse
+        self._metrics_actor = obs.pipeline.collectors["metrics"]
+        self._workflow = workflow_name
+
+    # --- nodes ----------------------------------------------------------------
+
+    def wrap_node(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        """The ``node_wrapper`` hook: instrument node ``name``.
+
+        Returns:
+            A coroutine function for a coroutine function, a plain function
+            for a plain one, with ``__wrapped__`` set to ``fn``.
+        """
+        start = self._tracing.start_span_sync
+        after = self._after_node
+        failed = self._node_failed
+
+        if inspect.iscoroutinefunction(fn):
+            async_fn: Callable[..., Awaitable[Any]] = fn
+
+            @functools.wraps(fn)
+            async def async_node(*args: Any, **kwargs: Any) -> Any:
+                span = start(name, kind="node")
+                try:
+                    result = await async_fn(*args, **kwargs)
+                except BaseException as exc:
+                    failed(span, name, exc)
+                    raise
+                after(span, name, result)
+                return result
+
+            return async_node
+
+        @functools.wraps(fn)
+        def sync_node(*args: Any, **kwargs: Any) -> Any:
+            span = start(name, kind="node")
+            try:
+                result = fn(*args, **kwargs)
+            except BaseException as exc:
+                failed(span, name, exc)
+                raise
+            after(span, name, result)
+            return result
+
+        return sync_node
+
+    def _after_node(self, span: Span, name: str, result: Any) -> None:
+        if type(result) is dict:
+            call = result.get("llm_call")
+            if type(call) is LLMCall:
+                self._log_generation(span, call)
+        self._end_node(span, name, "ok", None)
+
+    def _log_generation(self, span: Span, call: LLMCall) -> None:
+        self._langfuse.log_generation_sync(
+            tenant_id=span.tenant_id or "unknown",
+            model_version=call.model_version,
+            prompt_version=call.prompt_version,
+            input_tokens=call.input_tokens,
+            output_tokens=call.output_tokens,
+            latency=call.latency_seconds,
+            provider=call.provider,
+        )
+
+    def _node_failed(self, span: Span, name: str, exc: BaseException) -> None:
+        if isinstance(exc, GraphBubbleUp):  # an interrupt, not a failure
+            span.attributes["interrupted"] = True
+            self._end_node(span, name, "ok", None)
+            return
+        if isinstance(exc, Exception):
+            category = self._failures.classify(
+                exc, tenant_id=span.tenant_id, node=name,
+                correlation_id=span.correlation_id, request_id=span.request_id,
+            )
+            _mark_classified(exc, category)
+            span.attributes["failure_category"] = category.value
+        self._end_node(span, name, "error", exc)
+
+    def _end_node(self, span: Span, name: str, status: str, exc: BaseException | None) -> None:
+        record = self._tracing.end_span_sync(span, error=exc)
+        labels: tuple[tuple[str, str], ...] = (("node", name), ("status", status))
+        if span.tenant_id:
+            labels += (("tenant_id", span.tenant_id),)
+        metric = MetricRecord("node_execution_latency", labels, record.duration_seconds)
+        outbox = span.outbox
+        if outbox is not None and outbox.open:
+            outbox.metrics.append(metric)
+        else:
+            self._metrics_actor.send(metric)
+
+    # --- runs -----------------------------------------------------------------
+
+    async def run(
+        self,
+        request: RiskRequest,
+        invoke: Callable[[], Awaitable[RiskState]],
+        *,
+        parent_headers: Mapping[str, str] | None = None,
+    ) -> RiskState:
+        """Run ``invoke()`` for ``request`` inside an instrumented workflow span.
+
+        Args:
+            request: The request (tenant, correlation and request ids).
+            invoke: Runs the graph and returns the final state.
+            parent_headers: Incoming headers with a W3C ``traceparent`` to
+                continue a caller's trace.
+
+        Returns:
+            The final state.
+
+        Raises:
+            Exception: Whatever the workflow raised, unchanged, after it was
+                classified and counted.
+        """
+        parent = self._tracing.extract(parent_headers) if parent_headers else None
+        root = self._tracing.start_span_sync(
+            self._workflow, kind="workflow", parent=parent, root=parent is None,
+            tenant_id=request.tenant_id, correlation_id=request.correlation_id,
+            request_id=request.request_id, batch=True,
+        )
+        state: RiskState | None = None
+        error: BaseException | None = None
+        try:
+            state = await invoke()
+            return state
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            self._finish_run(root, request, state, error)
+
+    def _finish_run(
+        self, root: Span, request: RiskRequest, state: RiskState | None,
+        error: BaseException | None,
+    ) -> None:
+        tenant = request.tenant_id
+        status = "ok"
+        if error is not None:
+            if isinstance(error, GraphBubbleUp):
+                status = "interrupted"
+            else:
+                status = "error"
+                if isinstance(error, Exception) and not hasattr(error, _CLASSIFIED):
+                    category = self._failures.classify(
+                        error, tenant_id=tenant, correlation_id=request.correlation_id,
+                        request_id=request.request_id,
+                    )
+                    _mark_classified(error, category)
+                category_value = getattr(error, _CLASSIFIED, None)
+                if isinstance(category_value, str):
+                    root.attributes["failure_category"] = category_value
+        elif state is not None:
+            if state.status == "awaiting_approval":
+                status = "interrupted"
+            if state.decision is not None:
+                root.attributes["decision"] = state.decision
+            root.attributes["approval_required"] = state.approval_required
+            if state.high_risk:
+                self._failures.record(
+                    FailureCategory.HIGH_RISK, tenant_id=tenant,
+                    correlation_id=request.correlation_id, request_id=request.request_id,
+                    reason="high-risk case routed to approval",
+                )
+        latency = root.elapsed_seconds()
+        metrics = [
+            MetricRecord("request_count", (("tenant_id", tenant),), 1),
+            MetricRecord("workflow_execution_count", (
+                ("workflow", self._workflow), ("tenant_id", tenant), ("status", status)), 1),
+            MetricRecord("request_latency", (
+                ("tenant_id", tenant), ("workflow", self._workflow), ("status", status)),
+                latency),
+        ]
+        if state is not None and state.approval_required:
+            metrics.append(MetricRecord("approval_required_count", (("tenant_id", tenant),), 1))
+        outbox = root.outbox
+        if outbox is not None:
+            outbox.metrics.extend(metrics)
+        self._tracing.end_span_sync(
+            root, error=error if status == "error" else None,
+            status="ok" if status == "interrupted" else None,
+        )
+
+
+def _mark_classified(exc: BaseException, category: FailureCategory) -> None:
+    try:
+        setattr(exc, _CLASSIFIED, category.value)
+    except (AttributeError, TypeError):  # exceptions with __slots__: may count twice
+        pass
+
+
+class InstrumentedRiskWorkflow:
+    """The risk workflow with observability: build once, run many requests.
+
+    Args:
+        obs: The observability container.
+        config: Workflow configuration.
+        llm: A custom scoring model (default: simulated from ``config``).
+        instrument: ``False`` builds the bare graph (for overhead benchmarks).
+    """
+
+    def __init__(
+        self,
+        obs: Observability,
+        *,
+        config: WorkflowConfig | None = None,
+        llm: SimulatedLLM | None = None,
+        instrument: bool = True,
+    ) -> None:
+        self.obs = obs
+        self.config = config if config is not None else WorkflowConfig()
+        self.instrumentation = WorkflowInstrumentation(obs) if instrument else None
+        self.graph: RiskGraph = build_risk_graph(
+            config=self.config,
+            llm=llm,
+            evaluator=obs.evaluation,
+            node_wrapper=self.instrumentation.wrap_node if self.instrumentation else None,
+        )
+
+    async def run(
+        self, request: RiskRequest, *, parent_headers: Mapping[str, str] | None = None
+    ) -> RiskState:
+        """Run one request; failures propagate unchanged (after being counted)."""
+        invoke = functools.partial(run_risk_workflow, self.graph, request, config=self.config)
+        if self.instrumentation is None:
+            return await invoke()
+        return await self.instrumentation.run(request, invoke, parent_headers=parent_headers)
+
+    async def resume(self, request: RiskRequest, answer: Any) -> RiskState:
+        """Resume a run paused for approval (interrupt mode) with the human's answer."""
+        invoke = functools.partial(
+            resume_risk_workflow, self.graph, request, answer, config=self.config
+        )
+        if self.instrumentation is None:
+            return await invoke()
+        return await self.instrumentation.run(request, invoke)
+
+
+def build_instrumented_workflow(
+    obs: Observability, config: WorkflowConfig | None = None, **kwargs: Any
+) -> InstrumentedRiskWorkflow:
+    """Factory: the instrumented risk workflow, wired to ``obs`` by injection."""
+    return InstrumentedRiskWorkflow(obs, config=config, **kwargs)
