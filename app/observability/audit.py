@@ -16,6 +16,11 @@ from collectors.records import AuditRecord
 
 __all__ = ("AuditLogger",)
 
+#: Keys the audit collector sets on every log line itself: a field of the same
+#: name would make its structlog call fail on the collector thread and the
+#: event would be lost.
+_RESERVED_FIELDS = ("audit", "timestamp")
+
 
 class AuditLogger:
     """Emits audit events.
@@ -37,13 +42,17 @@ class AuditLogger:
             **fields: Event data; values should be JSON-friendly scalars.
 
         Raises:
-            ValueError: ``event`` is empty.
+            ValueError: ``event`` is empty, or a field is named ``audit`` or
+                ``timestamp`` (set on every audit log line).
             TypeError: ``event`` is not a str.
         """
         if type(event) is not str:
             raise TypeError(f"event must be a str, got {type(event).__name__}")
         if not event:
             raise ValueError("event must not be empty")
+        for name in _RESERVED_FIELDS:
+            if name in fields:
+                raise ValueError(f"audit field {name!r} is reserved for the log line")
         self._collector.send(AuditRecord(event, time.time_ns(), tuple(fields.items())))
 
     def events(

@@ -32,6 +32,8 @@ __all__ = ("CostEstimate", "CostTracker")
 
 _logger = structlog.get_logger(__name__)
 _WARN_INTERVAL = 60.0
+#: Upper bound of an explicit per-call cost (USD); far above any real call.
+_MAX_COST = Decimal("1E+15")
 
 
 class CostEstimate(NamedTuple):
@@ -116,8 +118,9 @@ class CostTracker:
             The recorded cost (``Decimal``).
 
         Raises:
-            ValueError: Empty ids, negative tokens, a non-finite or negative
-                cost, or an unpriced model under ``unpriced_policy="raise"``.
+            ValueError: Empty ids, negative tokens, a non-finite, negative or
+                absurdly large (>= 1E+15) cost, or an unpriced model under
+                ``unpriced_policy="raise"``.
             TypeError: Wrong types.
         """
         record = self.build_record(
@@ -224,4 +227,6 @@ def _check_cost(value: object) -> Decimal:
         raise ValueError(f"cost is not a number: {value!r}") from exc
     if not cost.is_finite() or cost < 0:
         raise ValueError(f"cost must be finite and >= 0, got {value!r}")
+    if cost >= _MAX_COST:  # the store's sums would overflow Decimal's range and be lost
+        raise ValueError(f"cost must be below {_MAX_COST} USD, got {value!r}")
     return cost

@@ -20,7 +20,7 @@ event.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,9 +43,17 @@ class EvaluationResult(BaseModel):
 
 
 def _get(state: Any, name: str, default: Any = None) -> Any:
-    if isinstance(state, MutableMapping):
+    if isinstance(state, Mapping):
         return state.get(name, default)
     return getattr(state, name, default)
+
+
+def _float(value: int | float) -> float:
+    """``float(value)``; an int beyond the float range becomes +-inf, not OverflowError."""
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
 def _clamp(value: float) -> float:
@@ -54,8 +62,20 @@ def _clamp(value: float) -> float:
     return round(min(1.0, max(0.0, value)), 6)
 
 
-def _passed_share(results: Iterable[Any]) -> tuple[float, bool]:
-    items = list(results or ())
+def _items(field: str, results: Any) -> list[Any]:
+    """The entries of a results field as a list (``None`` or empty: no entries)."""
+    if not results:
+        return []
+    try:
+        return list(results)
+    except TypeError:
+        raise TypeError(
+            f"{field} must be a list of results, got {type(results).__name__}"
+        ) from None
+
+
+def _passed_share(items: Iterable[Any]) -> tuple[float, bool]:
+    items = list(items)
     if not items:
         return 1.0, False
     passed = sum(1 for r in items if bool(_get(r, "passed", False)))
@@ -89,25 +109,29 @@ class EvaluationService:
         """
         risk = _get(state, "risk_score")
         confidence = _get(state, "confidence")
+        if confidence is None:  # the workflow's RiskState names it ``risk_confidence``
+            confidence = _get(state, "risk_confidence")
         for field, value in (("risk_score", risk), ("confidence", confidence)):
             if value is not None and (isinstance(value, bool) or
                                       not isinstance(value, int | float)):
                 raise TypeError(f"{field} must be a number, got {type(value).__name__}")
         if confidence is not None:
-            confidence_score = _clamp(float(confidence))
+            confidence_score = _clamp(_float(confidence))
         elif risk is not None:
-            confidence_score = _clamp(abs(float(risk) - 0.5) * 2.0)
+            confidence_score = _clamp(abs(_float(risk) - 0.5) * 2.0)
         else:
             confidence_score = 0.0
         decision = _get(state, "decision")
-        policy_share, policy_failed = _passed_share(_get(state, "policy_results", ()))
+        policy_share, policy_failed = _passed_share(
+            _items("policy_results", _get(state, "policy_results"))
+        )
         if decision == "approve" and policy_failed:
             policy_share /= 2.0
-        guardrails = list(_get(state, "guardrail_results", ()) or ())
+        guardrails = _items("guardrail_results", _get(state, "guardrail_results"))
         if guardrails:
             scores = [_get(g, "score") for g in guardrails]
             if all(isinstance(s, int | float) and not isinstance(s, bool) for s in scores):
-                guardrail_score = sum(float(s) for s in scores) / len(scores)
+                guardrail_score = sum(_float(s) for s in scores) / len(scores)
             else:
                 guardrail_score = _passed_share(guardrails)[0]
         else:
@@ -133,6 +157,14 @@ class EvaluationService:
     def evaluate_decision_sync(self, state: Any) -> EvaluationResult:
         """Sync form of :meth:`evaluate_decision`."""
         result = self.score(state)
+        tenant_id = _get(state, "tenant_id")
+        # Observed before the state is touched: a refused label leaves the state as it was.
+        if self._metrics is not None:
+            if isinstance(tenant_id, str) and tenant_id:
+                self._metrics.observe("quality_score", result.overall_quality_score,
+                                      tenant_id=tenant_id)
+            else:
+                self._metrics.observe("quality_score", result.overall_quality_score)
         if isinstance(state, MutableMapping):
             state["evaluation"] = result
         elif hasattr(state, "evaluation"):
@@ -140,13 +172,6 @@ class EvaluationService:
                 state.evaluation = result
             except (AttributeError, TypeError, ValueError):  # frozen state: the caller keeps it
                 pass
-        tenant_id = _get(state, "tenant_id")
-        if self._metrics is not None:
-            if isinstance(tenant_id, str) and tenant_id:
-                self._metrics.observe("quality_score", result.overall_quality_score,
-                                      tenant_id=tenant_id)
-            else:
-                self._metrics.observe("quality_score", result.overall_quality_score)
         if self._audit is not None:
             self._audit.log(
                 "evaluation.completed",

@@ -141,7 +141,7 @@ class FailureClassifier:
 
     def record(
         self,
-        category: FailureCategory,
+        category: FailureCategory | str,
         *,
         exc: BaseException | None = None,
         tenant_id: str | None = None,
@@ -150,7 +150,23 @@ class FailureClassifier:
         request_id: str | None = None,
         reason: str | None = None,
     ) -> None:
-        """Count a failure of a known category (e.g. HIGH_RISK routing) and audit it."""
+        """Count a failure of a known category (e.g. HIGH_RISK routing) and audit it.
+
+        Raises:
+            TypeError: ``category`` is not a :class:`FailureCategory` (or its
+                string value), or a label value is not a str.
+            ValueError: ``category`` is not a category of the taxonomy.
+        """
+        if not isinstance(category, FailureCategory):
+            if type(category) is not str:
+                raise TypeError(
+                    f"category must be a FailureCategory, got {type(category).__name__}"
+                )
+            try:
+                category = FailureCategory(category)
+            except ValueError:
+                raise ValueError(f"category must be one of {[c.value for c in FailureCategory]},"
+                                 f" got {category!r}") from None
         labels = {"category": category.value}
         if tenant_id:
             labels["tenant_id"] = tenant_id
@@ -163,9 +179,21 @@ class FailureClassifier:
                 "failure.classified",
                 category=category.value,
                 error_type=type(exc).__qualname__ if exc is not None else None,
-                message=str(exc)[:512] if exc is not None else reason,
+                message=_message(exc)[:512] if exc is not None else reason,
                 tenant_id=tenant_id,
                 node=node,
                 correlation_id=correlation_id,
                 request_id=request_id,
             )
+
+
+def _message(exc: BaseException) -> str:
+    """``str(exc)``, or a placeholder when the exception's ``__str__`` itself fails.
+
+    The classifier runs inside ``except`` blocks: it must not replace the
+    failure it records with one of its own.
+    """
+    try:
+        return str(exc)
+    except Exception:
+        return f"<unprintable {type(exc).__qualname__}>"

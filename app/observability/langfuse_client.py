@@ -107,8 +107,21 @@ class LangfuseClient:
             raise TypeError(f"latency must be a float (seconds), got {type(latency).__name__}")
         if not 0 <= latency < math.inf:
             raise ValueError(f"latency must be finite and >= 0 seconds, got {latency!r}")
+        end_ns = time.time_ns()
+        duration_ns = round(latency * 1e9) if latency <= end_ns / 1e9 else -1
+        if not 0 <= duration_ns <= end_ns:  # the start would precede the Unix epoch
+            raise ValueError(f"latency must not exceed the time since the epoch, got {latency!r}")
         if event_id is not None and (type(event_id) is not str or not event_id):
             raise ValueError("event_id must be a non-empty str")
+        # Everything is checked before anything is sent: a refused call records nothing.
+        if metadata is not None:
+            if not isinstance(metadata, Mapping):
+                raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
+            for key, value in metadata.items():
+                try:
+                    _check_attribute(key, value)
+                except (TypeError, ValueError) as exc:
+                    raise type(exc)(f"metadata: {exc}") from None
         parent = self._tracing.current_span()
         if request_id is None and parent is not None:
             request_id = parent.request_id
@@ -154,11 +167,9 @@ class LangfuseClient:
             attributes["request_id"] = request_id
         if metadata:
             for key, value in metadata.items():
-                _check_attribute(key, value)
                 attributes.setdefault(key, value)
-        end_ns = time.time_ns()
         record = self._tracing.record_finished_span(
-            name, kind="generation", start_ns=end_ns - round(latency * 1e9), end_ns=end_ns,
+            name, kind="generation", start_ns=end_ns - duration_ns, end_ns=end_ns,
             attributes=attributes,
         )
         return Generation(event_id, cost, priced, record.trace_id, record.span_id)

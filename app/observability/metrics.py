@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -32,6 +33,7 @@ from collectors.trace import TraceStoreCollector
 __all__ = ("MetricsCollector", "format_bound")
 
 _INF = math.inf
+_FLOAT_MAX = sys.float_info.max
 _VALID_CACHE_SIZE = 4_096
 
 
@@ -107,20 +109,22 @@ class MetricsCollector:
                 label value, negative or non-finite amount.
             TypeError: A non-numeric amount or a non-string label value.
         """
-        allowed = self._counters.get(metric)
+        allowed = self._counters.get(metric) if type(metric) is str else None
         if allowed is None:
-            raise ValueError(_unknown(metric, "counter", self._counters, self._histograms))
+            raise _unknown(metric, "counter", self._counters, self._histograms)
         kind = type(amount)
         if kind is int:
-            if amount < 0:
-                raise ValueError(f"amount must be >= 0, got {amount!r}")
+            # An int beyond the float range would make the store's float
+            # arithmetic raise on the collector thread (the record lost).
+            if not 0 <= amount <= _FLOAT_MAX:
+                raise ValueError(f"amount must be finite and >= 0, got {amount!r}")
         elif kind is float:
             if not 0 <= amount < _INF:
                 raise ValueError(f"amount must be finite and >= 0, got {amount!r}")
         else:
             raise TypeError(f"amount must be an int or float, got {kind.__name__}")
         key = tuple(labels.items())
-        if key not in self._valid[metric]:
+        if not self._known_labels(metric, key):
             self._check_labels(metric, allowed, labels, key)
         self._send(MetricRecord(metric, key, amount))
 
@@ -137,21 +141,39 @@ class MetricsCollector:
                 negative or non-finite latency.
             TypeError: A non-numeric latency or a non-string label value.
         """
-        allowed = self._histograms.get(metric)
+        allowed = self._histograms.get(metric) if type(metric) is str else None
         if allowed is None:
-            raise ValueError(_unknown(metric, "histogram", self._histograms, self._counters))
+            raise _unknown(metric, "histogram", self._histograms, self._counters)
         kind = type(seconds)
         if kind is not float and kind is not int:
             raise TypeError(f"latency must be a float (seconds), got {kind.__name__}")
-        if not 0 <= seconds < _INF:
+        if not 0 <= seconds <= _FLOAT_MAX:  # also rejects NaN, inf and ints past float range
             raise ValueError(f"latency must be finite and >= 0 seconds, got {seconds!r}")
         key = tuple(labels.items())
-        if key not in self._valid[metric]:
+        if not self._known_labels(metric, key):
             self._check_labels(metric, allowed, labels, key)
         self._send(MetricRecord(metric, key, seconds))
 
     #: ``observe`` is the general name for histograms that are not latencies.
     observe = observe_latency
+
+    def _known_labels(self, metric: str, key: tuple[tuple[str, Any], ...]) -> bool:
+        """Whether ``key`` is a label set validated before (the fast path).
+
+        Set membership compares by equality, and a ``str`` subclass (a
+        ``StrEnum`` member) equals the plain string validated earlier, so the
+        value types are checked here too: a call is accepted or refused the
+        same way whatever was recorded before it.
+        """
+        try:
+            if key not in self._valid[metric]:
+                return False
+        except TypeError:  # an unhashable label value: the full check names it
+            return False
+        for _, value in key:
+            if type(value) is not str:
+                return False
+        return True
 
     def _check_labels(
         self, metric: str, allowed: frozenset[str], labels: dict[str, Any],
@@ -283,10 +305,11 @@ def _values(
 
 def _unknown(
     metric: object, kind: str, same: Mapping[str, Any], other: Mapping[str, Any]
-) -> str:
-    if not isinstance(metric, str):
-        return f"metric name must be a str, got {type(metric).__name__}"
+) -> TypeError | ValueError:
+    """The error for a metric name that is not a known ``kind``."""
+    if type(metric) is not str:
+        return TypeError(f"metric name must be a str, got {type(metric).__name__}")
     if metric in other:
-        return f"metric {metric!r} is not a {kind}"
-    return f"unknown {kind} {metric!r}; known: {sorted(same)}"
+        return ValueError(f"metric {metric!r} is not a {kind}")
+    return ValueError(f"unknown {kind} metric {metric!r}; known: {sorted(same)}")
 

@@ -1,0 +1,5 @@
+"""``python -m app``: the main job (see :mod:`app.cli`)."""
+
+from app.cli import main
+
+raise SystemExit(main())
