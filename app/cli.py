@@ -400,7 +400,12 @@ def _configure_logging() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the main job; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # Refuse an --out that cannot be a folder before running the batch, like any bad option.
+    existing = next((p for p in (args.out, *args.out.parents) if p.exists()), None)
+    if existing is not None and not existing.is_dir():
+        parser.error(f"argument --out: {existing} exists and is not a folder")
     _configure_logging()
     budgets = {}
     if args.tenant_budget is not None:

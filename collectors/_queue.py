@@ -65,6 +65,11 @@ class RecordQueue(janus.Queue[Any]):
         #: Past this depth a producer yields the GIL once per put, so that the
         #: consumer thread gets its turn even against many busy producers.
         self._yield_at = max(1, maxsize // 2)
+        #: Control messages offered so far, and the count the consumer had seen
+        #: when it last emptied the queue (both under the mutex): a control
+        #: message queued while the consumer was busy must not wait a linger.
+        self._controls = 0
+        self._controls_seen = 0
 
     # --- producers (any thread) -------------------------------------------
 
@@ -101,7 +106,10 @@ class RecordQueue(janus.Queue[Any]):
         if self._is_shutdown:
             return False
         self._queue.append(item)
-        self._wake()
+        with self._sync_mutex:
+            self._controls += 1  # after the append: a consumer that sees it finds the item
+            if self._sync_not_empty_waiting:
+                self._sync_not_empty.notify()
         return True
 
     def put_until(self, item: object, deadline: float) -> bool:
@@ -146,8 +154,9 @@ class RecordQueue(janus.Queue[Any]):
             linger: ``None``: the consumer is idle; wait without limit for the
                 first item. A number of seconds: the consumer was just busy;
                 if fewer than ``wake_batch`` items are queued, wait up to that
-                long for more (a control message or a full batch ends the
-                wait early), then take what is there.
+                long for more (a control message, queued before or during
+                the wait, or a full batch ends the wait early), then take
+                what is there.
 
         Returns:
             The items in FIFO order; empty if a linger found nothing or the
@@ -158,7 +167,8 @@ class RecordQueue(janus.Queue[Any]):
             wake_at = 1 if linger is None else self._wake_batch
             self._wake_at = wake_at  # publish before looking: no lost wake-up
             try:
-                if len(items) < wake_at:
+                lingering_allowed = linger is None or self._controls == self._controls_seen
+                if len(items) < wake_at and lingering_allowed:
                     if self._is_shutdown and not items:
                         return []
                     self._sync_not_empty_waiting += 1
@@ -168,9 +178,12 @@ class RecordQueue(janus.Queue[Any]):
                         self._sync_not_empty_waiting -= 1
             finally:
                 self._wake_at = _NEVER
+            controls = self._controls
             count = min(len(items), max_items)
             popleft = items.popleft
             batch = [popleft() for _ in range(count)]
+            if not items:  # every control message counted so far has been taken
+                self._controls_seen = controls
             if self._sync_not_full_waiting:
                 self._sync_not_full.notify_all()
             return batch

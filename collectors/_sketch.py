@@ -75,6 +75,9 @@ class QuantileSketch:
         for index in sorted(self._bins):
             seen += self._bins[index]
             if seen > rank:
-                estimate = 2.0 * gamma**index / (gamma + 1.0)
+                try:
+                    estimate = 2.0 * gamma**index / (gamma + 1.0)
+                except OverflowError:  # a bucket just below the largest float
+                    estimate = math.inf
                 return min(max(estimate, self._min), self._max)
         return self._max  # pragma: no cover - unreachable when counts agree

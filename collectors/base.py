@@ -18,12 +18,13 @@ they keep their FIFO place while records are being dropped.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
@@ -118,9 +119,6 @@ class _DropCounter:
     def snapshot(self) -> dict[str, int]:
         with self._lock:
             return dict(self._counts)
-
-    def unsafe_snapshot_after_fork(self) -> dict[str, int]:
-        return dict(self._counts)
 
 
 def _record_count(item: object) -> int:
@@ -230,24 +228,29 @@ class Collector(ABC, Generic[StoreT]):
 
     def _send_slow(self, record: object, n: int) -> bool:
         if not self.accepting:
-            self._dropped("closed", n)
+            self._dropped(self._refusal_reason(), n)
             return False
         if self._block and self._queue.put_until(
             record, time.monotonic() + self._block_timeout
         ):
             return True
-        self._dropped("closed" if not self.accepting else "queue_full", n)
+        self._dropped(self._refusal_reason() if not self.accepting else "queue_full", n)
         return False
+
+    def _refusal_reason(self) -> str:
+        """Why a record that cannot be enqueued any more is dropped."""
+        return "collector_dead" if self._state is CollectorState.DEAD else "closed"
 
     def send_control(self, record: object) -> bool:
         """Enqueue a rare control record (a reset) past the queue bound, in FIFO order.
 
         It still counts as one record: applied by the thread, or dropped
-        (reason ``closed``) once the collector no longer accepts records.
+        (reason ``closed``, or ``collector_dead``) once the collector no
+        longer accepts records.
         """
         if self.accepting and self._queue.offer_control(record):
             return True
-        self._dropped("closed", 1)
+        self._dropped(self._refusal_reason(), 1)
         return False
 
     async def asend(self, record: object, n: int = 1) -> bool:
@@ -259,7 +262,7 @@ class Collector(ABC, Generic[StoreT]):
         the awaiting task is cancelled.
         """
         if not self.accepting:
-            self._dropped("closed", n)
+            self._dropped(self._refusal_reason(), n)
             return False
         if self._queue.offer(record):
             return True
@@ -273,7 +276,7 @@ class Collector(ABC, Generic[StoreT]):
     def _send_until(self, record: object, n: int, deadline: float) -> bool:
         if self._queue.put_until(record, deadline):
             return True
-        self._dropped("closed" if not self.accepting else "queue_full", n)
+        self._dropped(self._refusal_reason() if not self.accepting else "queue_full", n)
         return False
 
     def _dropped(self, reason: str, n: int) -> None:
@@ -298,8 +301,8 @@ class Collector(ABC, Generic[StoreT]):
         ):
             future.set_result(self._state is CollectorState.STOPPED)
             return future
-        if self._is_dead():  # died while we enqueued
-            self._sweep("collector_dead")
+        if self._state is not CollectorState.RUNNING:  # stopped or died while we enqueued
+            self._sweep(self._refusal_reason())
         return future
 
     def query(self, fn: Callable[[StoreT], ResultT], timeout: float = 5.0) -> ResultT:
@@ -315,14 +318,11 @@ class Collector(ABC, Generic[StoreT]):
         if self._state is CollectorState.RUNNING:
             future: Future[ResultT] = Future()
             if self._queue.offer_control(_Query(lambda: fn(self._store), future)):
-                if self._is_dead():
-                    self._sweep("collector_dead")
+                if self._state is not CollectorState.RUNNING:  # stopped or died meanwhile
+                    self._sweep(self._refusal_reason())
                 return future.result(timeout)
         self._wait_thread_gone(timeout)
         return fn(self._store)
-
-    def _is_dead(self) -> bool:
-        return self._state is CollectorState.DEAD
 
     def _wait_thread_gone(self, timeout: float) -> None:
         thread = self._thread
@@ -349,7 +349,7 @@ class Collector(ABC, Generic[StoreT]):
                 return False
         if self._state is not CollectorState.DEAD:
             self._state = CollectorState.STOPPED
-        self._sweep("closed")
+        self._sweep(self._refusal_reason())
         return True
 
     def stats(self) -> CollectorStats:
@@ -380,7 +380,7 @@ class Collector(ABC, Generic[StoreT]):
         for item in self._queue.take_all():
             kind = type(item)
             if kind is _Flush:
-                item.future.set_result(reason == "closed")
+                _resolve(item.future, reason == "closed")
             elif kind is _Query:
                 _run_query(item)
             elif kind is not _Stop:
@@ -390,18 +390,17 @@ class Collector(ABC, Generic[StoreT]):
         """Rebuild queue, thread and store in a freshly forked child process.
 
         Records in flight at the fork are counted as dropped with reason
-        ``fork``. The child's store starts empty: the parent's may have been
-        mid-update when the fork happened.
+        ``fork``. The child's store starts empty (the parent's may have been
+        mid-update when the fork happened), and so do its counters: applied,
+        errors and drops describe the child's own records, the lost copies
+        included, never the parent's history.
 
         Returns:
             How many records were lost.
         """
         lost = sum(_record_count(item) for item in self._queue.unsafe_items_after_fork())
-        dropped = self._drops.unsafe_snapshot_after_fork()
-        if lost:
-            dropped["fork"] = dropped.get("fork", 0) + lost
         was_accepting = self.accepting
-        self._init_runtime(dropped=dropped)
+        self._init_runtime(dropped={"fork": lost} if lost else None)
         self.accepting = was_accepting
         if restart:
             self.start()
@@ -431,6 +430,10 @@ class Collector(ABC, Generic[StoreT]):
         batch_size = self._batch_size
         apply = self._apply
         linger: float | None = None  # idle: sleep until something arrives
+        items: list[Any] = []  # the drained items being handled
+        index = 0  # position in ``items`` of the item being handled
+        done = 0  # records of that item already handled (a Batch carries several)
+        applied = 0  # applied since ``self._applied`` was last updated
         try:
             while True:
                 items = queue.drain(batch_size, linger)
@@ -438,9 +441,9 @@ class Collector(ABC, Generic[StoreT]):
                     linger = None
                     continue
                 linger = self._linger
-                applied = 0
                 stop_at = -1
                 for index, item in enumerate(items):
+                    done = 0
                     kind = type(item)
                     if kind is Batch:
                         for record in item.records:
@@ -449,11 +452,12 @@ class Collector(ABC, Generic[StoreT]):
                                 applied += 1
                             except Exception as exc:
                                 self._handler_failed(record, exc)
+                            done += 1
                     elif kind is _Flush:
                         self._applied += applied
                         applied = 0
                         self._last_flush_ns = time.time_ns()
-                        item.future.set_result(True)
+                        _resolve(item.future, True)
                     elif kind is _Query:
                         self._applied += applied
                         applied = 0
@@ -468,31 +472,65 @@ class Collector(ABC, Generic[StoreT]):
                         except Exception as exc:
                             self._handler_failed(item, exc)
                 self._applied += applied
+                applied = 0
+                handled, items = items, []
                 if stop_at >= 0:
-                    self._finish_after_stop(items[stop_at + 1 :])
+                    self._finish_after_stop(handled[stop_at + 1 :])
                     return
                 self._on_idle()
         except BaseException as exc:
+            self._applied += applied
             self._state = CollectorState.DEAD
             self.accepting = False
             self._last_error = f"{type(exc).__name__}: {exc}"
             _logger.critical(
                 "observability.collector_died", collector=self.name, error=self._last_error
             )
+            self._account_in_flight(items[index:], done)
             self._sweep("collector_dead")
             raise
 
+    def _account_in_flight(self, rest: list[Any], done: int) -> None:
+        """After a death: drop what the thread had drained but not handled.
+
+        ``rest[0]`` is the item that was being handled when the thread died,
+        of which ``done`` records were already applied or counted. Records
+        are counted as dropped (``collector_dead``); flush markers resolve
+        ``False`` at once, so a flush fails fast instead of timing out.
+        """
+        for position, item in enumerate(rest):
+            kind = type(item)
+            if kind is _Flush:
+                _resolve(item.future, False)
+            elif kind is _Query:
+                if position == 0:  # its function is what raised: do not run it again
+                    _fail(item.future, RuntimeError(f"collector {self.name!r} died"))
+                else:
+                    _run_query(item)
+            elif kind is not _Stop:
+                lost = _record_count(item) - (done if position == 0 else 0)
+                if lost:
+                    self._drops.add("collector_dead", lost)
+
     def _finish_after_stop(self, rest: list[Any]) -> None:
-        """Items that followed the stop message in the last batch: account for them."""
+        """Items that followed the stop message in the last batch: account for them.
+
+        Then the thread marks the collector stopped and sweeps the queue, so
+        nothing enqueued meanwhile waits for a thread that is gone, even when
+        :meth:`stop` gave up joining it.
+        """
         for item in rest:
             kind = type(item)
             if kind is _Flush:
-                item.future.set_result(True)
+                _resolve(item.future, True)
             elif kind is _Query:
                 _run_query(item)
             elif kind is not _Stop:
                 self._drops.add("closed", _record_count(item))
         self._on_idle()
+        if self._state is not CollectorState.DEAD:
+            self._state = CollectorState.STOPPED
+        self._sweep("closed")
 
     def _handler_failed(self, record: object, exc: Exception) -> None:
         self._handler_errors += 1
@@ -509,6 +547,24 @@ class Collector(ABC, Generic[StoreT]):
 
 def _run_query(query: _Query) -> None:
     try:
-        query.future.set_result(query.fn())
+        result = query.fn()
     except Exception as exc:
-        query.future.set_exception(exc)
+        _fail(query.future, exc)
+    else:
+        _resolve(query.future, result)
+
+
+def _resolve(future: Future[Any], result: object) -> None:
+    """Set a future's result; a future its caller cancelled is left alone.
+
+    ``Future.set_result`` raises on a cancelled future, which must never
+    kill a collector thread.
+    """
+    with contextlib.suppress(InvalidStateError):
+        future.set_result(result)
+
+
+def _fail(future: Future[Any], exc: BaseException) -> None:
+    """Set a future's exception unless it is already done (see :func:`_resolve`)."""
+    with contextlib.suppress(InvalidStateError):
+        future.set_exception(exc)

@@ -77,7 +77,9 @@ class CostTracker:
         """Model versions with a price."""
         return frozenset(self._rates)
 
-    def estimate_cost(self, model_version: str, input_tokens: int, output_tokens: int) -> CostEstimate:
+    def estimate_cost(
+        self, model_version: str, input_tokens: int, output_tokens: int
+    ) -> CostEstimate:
         """Price usage without recording it.
 
         Raises:

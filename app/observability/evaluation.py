@@ -19,6 +19,7 @@ event.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
@@ -168,10 +169,9 @@ class EvaluationService:
         if isinstance(state, MutableMapping):
             state["evaluation"] = result
         elif hasattr(state, "evaluation"):
-            try:
+            # A frozen state refuses the assignment: the caller keeps the returned result.
+            with contextlib.suppress(AttributeError, TypeError, ValueError):
                 state.evaluation = result
-            except (AttributeError, TypeError, ValueError):  # frozen state: the caller keeps it
-                pass
         if self._audit is not None:
             self._audit.log(
                 "evaluation.completed",

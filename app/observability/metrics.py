@@ -170,10 +170,7 @@ class MetricsCollector:
                 return False
         except TypeError:  # an unhashable label value: the full check names it
             return False
-        for _, value in key:
-            if type(value) is not str:
-                return False
-        return True
+        return all(type(value) is str for _, value in key)
 
     def _check_labels(
         self, metric: str, allowed: frozenset[str], labels: dict[str, Any],

@@ -32,6 +32,7 @@ __all__ = (
 )
 
 MASK = "[REDACTED]"
+_PLAIN_TYPES = (int, float, bool, type(None))
 
 _SENSITIVE_KEY = re.compile(
     r"(pass(word|wd|phrase)?|pwd|secret|token|api[_-]?key|apikey|auth(orization)?|"
@@ -43,20 +44,34 @@ _SAFE_KEYS = frozenset({
     "input_tokens", "output_tokens", "gen_ai.usage.input_tokens", "gen_ai.usage.output_tokens",
     "tokens", "token_usage", "max_tokens",
 })
+#: Token *counts* under the names LLM APIs and Langfuse use (``total_tokens``,
+#: ``prompt_tokens``, ``gen_ai.usage.cache_read_input_tokens``...).
+_TOKEN_COUNT_KEY = re.compile(
+    r"^(?:[a-z_]+\.)*(?:(?:input|output|prompt|completion|total|cached|reasoning|max|"
+    r"cache_read_input|cache_creation_input)_)?tokens$"
+)
 
 _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     # Authorization: Bearer <token> / Basic <b64>
     (re.compile(r"\b(Bearer|Basic)\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE), r"\1 " + MASK),
-    # key=value / key: value pairs for secret-looking keys
+    # key=value / key: value pairs for secret-looking keys, also with a prefix
+    # (DB_PASSWORD=, aws_secret_access_key=) and as JSON ("password": "...")
     (re.compile(
-        r"(?i)\b((?:pass(?:word|wd)?|pwd|secret|token|api[_-]?key|apikey|access[_-]?key|"
-        r"client[_-]?secret)\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
+        r"(?i)(?<![A-Za-z0-9])((?:[A-Za-z0-9]+[_.-])*"
+        r"(?:pass(?:word|wd|phrase)?|pwd|secret(?:[_-]?key)?|token|api[_-]?key|apikey|"
+        r"access[_-]?key|client[_-]?secret|private[_-]?key)"
+        r"[\"']?\s*[=:]\s*)(\"[^\"]*\"|'[^']*'|[^\s,;&]+)"
     ), r"\1" + MASK),
-    # well-known API key shapes: OpenAI/Anthropic sk-..., AWS AKIA..., GitHub ghp_..., Slack xox..
-    (re.compile(r"\b(sk|pk|rk)-(?:[A-Za-z0-9]+-)*[A-Za-z0-9]{16,}\b"), MASK),
+    # well-known API key shapes: OpenAI/Anthropic sk-... (sk-proj-..., sk-ant-api03-...,
+    # with "_" and "-" inside), Stripe sk_live_..., AWS AKIA..., GitHub ghp_... and
+    # github_pat_..., Slack xox..., Google AIza...
+    (re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9][A-Za-z0-9_-]{15,}"), MASK),
+    (re.compile(r"\b(?:sk|pk|rk)_(?:live|test)_[A-Za-z0-9]{10,}"), MASK),
     (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), MASK),
     (re.compile(r"\bgh[pousr]_[A-Za-z0-9]{30,}\b"), MASK),
+    (re.compile(r"\bgithub_pat_[A-Za-z0-9_]{22,}"), MASK),
     (re.compile(r"\bxox[abprs]-[A-Za-z0-9-]{10,}\b"), MASK),
+    (re.compile(r"\bAIza[0-9A-Za-z_-]{35}"), MASK),
     # JSON Web Tokens
     (re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\b"), MASK),
     # e-mail addresses
@@ -65,7 +80,27 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b"), "[SSN]"),
 )
 _CARD = re.compile(r"\b(?:\d[ -]?){12,18}\d\b")
-_QUICK = re.compile(r"[@:=-]|\d{4}|Bearer|Basic|sk|AKIA|ASIA|gh|xox|eyJ", re.IGNORECASE)
+#: Substrings (of the lower-cased text) that at least one pattern above needs.
+_TRIGGERS = (
+    "@", "=", ":", "bearer", "basic", "sk-", "pk-", "rk-", "sk_", "pk_", "rk_", "akia", "asia",
+    "ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "xox", "aiza", "eyj",
+)
+_DIGITS3 = re.compile(r"\d\d\d")
+_DIGIT_SHAPES = re.compile(r"\d{3}-\d{2}-\d{4}|(?:\d[ -]?){12}\d")
+
+
+def _may_contain_secret(text: str) -> bool:
+    """A cheap pre-check every pattern needs to pass: most ids, versions and names fail it.
+
+    Substring tests run in C; the regular expressions run only when the text
+    has three digits in a row (SSNs and card numbers). Measured here, that is
+    ~0.5 us for a typical id against ~2-5 us for one alternation regex.
+    """
+    low = text.lower()
+    for trigger in _TRIGGERS:
+        if trigger in low:
+            return True
+    return _DIGITS3.search(text) is not None and _DIGIT_SHAPES.search(text) is not None
 
 
 def _luhn_ok(digits: str) -> bool:
@@ -89,7 +124,7 @@ def _mask_card(match: re.Match[str]) -> str:
 
 def redact_text(text: str) -> str:
     """Mask secrets and personal data inside ``text``."""
-    if not _QUICK.search(text):
+    if not _may_contain_secret(text):
         return text
     for pattern, replacement in _PATTERNS:
         text = pattern.sub(replacement, text)
@@ -97,7 +132,11 @@ def redact_text(text: str) -> str:
 
 
 def _sensitive_key(key: str) -> bool:
-    return key not in _SAFE_KEYS and _SENSITIVE_KEY.search(key) is not None
+    return (
+        key not in _SAFE_KEYS
+        and _SENSITIVE_KEY.search(key) is not None
+        and _TOKEN_COUNT_KEY.match(key) is None
+    )
 
 
 def redact_value(key: str, value: Any) -> Any:
@@ -148,10 +187,7 @@ class Redactor:
         """:func:`redact_value`, memoised for string keys and values."""
         sensitive = self._keys.get(key)
         if sensitive is None:
-            sensitive = _sensitive_key(key)
-            if len(self._keys) >= self._cache_size:
-                self._keys.clear()
-            self._keys[key] = sensitive
+            sensitive = self._key_is_sensitive(key)
         if sensitive:
             return MASK
         if type(value) is str:
@@ -161,12 +197,28 @@ class Redactor:
         return redact_value(key, value)
 
     def _pairs(self, pairs: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
-        """Redact ``(key, value)`` pairs; returns ``pairs`` itself when nothing changes."""
+        """Redact ``(key, value)`` pairs; returns ``pairs`` itself when nothing changes.
+
+        The common case (known keys, cached strings, numbers) is two dict
+        lookups per pair, inlined here because this runs for every span.
+        """
+        keys, texts = self._keys, self._texts
         changed: list[tuple[str, Any]] | None = None
-        value = self.value
         for index, pair in enumerate(pairs):
             key, item = pair
-            new = value(key, item)
+            sensitive = keys.get(key)
+            if sensitive is None:
+                sensitive = self._key_is_sensitive(key)
+            if sensitive:
+                new: Any = MASK
+            elif type(item) is str:
+                new = texts.get(item)
+                if new is None:
+                    new = self.text(item)
+            elif type(item) in _PLAIN_TYPES:
+                new = item
+            else:
+                new = redact_value(key, item)
             if new is not item and new != item:
                 if changed is None:
                     changed = list(pairs[:index])
@@ -174,6 +226,13 @@ class Redactor:
             elif changed is not None:
                 changed.append(pair)
         return pairs if changed is None else tuple(changed)
+
+    def _key_is_sensitive(self, key: str) -> bool:
+        sensitive = _sensitive_key(key)
+        if len(self._keys) >= self._cache_size:
+            self._keys.clear()
+        self._keys[key] = sensitive
+        return sensitive
 
     def span(self, span: SpanRecord) -> SpanRecord:
         """``span`` with name, attributes, events and error message redacted.

@@ -1,0 +1,432 @@
+"""``node``: the instrumentation of one workflow node, ours against OTel SDK + prometheus_client.
+
+One node = one span around the node's (trivial) work, one counter increment
+and one latency observation:
+
+* **ours**: ``with obs.tracing.span("risk_scoring", kind="node")``,
+  ``obs.metrics.increment("request_count", tenant_id=...)``,
+  ``obs.metrics.observe_latency("node_execution_latency", dt, node=...)``,
+  with the collector threads running (default settings);
+* **otel+prom**: ``tracer.start_as_current_span`` on an OpenTelemetry SDK
+  ``TracerProvider`` with a ``BatchSpanProcessor`` to an
+  ``InMemorySpanExporter``, ``Counter.labels(...).inc()`` and
+  ``Histogram.labels(...).observe()`` of prometheus_client (same names,
+  labels and buckets);
+* **bare**: the same loop, work, tenant choice and clock reads, without
+  instrumentation calls.
+
+The per-node cost is the variant's time per node minus the bare node's, per
+round. Between rounds (untimed) our pipeline is flushed and the OTel batch
+processor force-flushed, and every round checks that nothing was dropped.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import pstats
+import time
+from collections.abc import Callable, Mapping
+
+from benchmarks._harness import (
+    BenchResult,
+    Runs,
+    Stats,
+    Table,
+    Target,
+    Variant,
+    alternate,
+    fmt_float,
+    fmt_int,
+    fmt_ratio,
+    fmt_stats,
+    fmt_us,
+    summarize,
+)
+
+NAME = "node"
+TITLE = "One node's instrumentation"
+ORDER = 10
+
+#: Target: ours at least this many times cheaper per node than OTel + prometheus_client.
+TARGET_RATIO = 10.0
+
+TENANTS = tuple(f"tenant-{i}" for i in range(8))
+NODE = "risk_scoring"
+
+
+def work() -> int:
+    """The node's trivial work, identical in every variant."""
+    return sum(range(16))
+
+
+def run(quick: bool) -> BenchResult:
+    """Measure one node's instrumentation cost (see the module docstring)."""
+    from app.observability import Observability, ObservabilitySettings
+    from benchmarks._anchors import otel_tracing, prom_node_metrics
+
+    nodes = 2_000 if quick else 10_000
+    rounds = 3 if quick else 9
+    obs = Observability(ObservabilitySettings(drain_at_exit=False))
+    otel = otel_tracing()
+    prom = prom_node_metrics()
+    anchor_lost = [0]
+    try:
+        main = alternate(
+            [
+                Variant("ours", _ours_round(obs, nodes)),
+                Variant("otel+prom", _anchor_round(otel, prom, nodes, anchor_lost)),
+                Variant("bare", _bare_round(nodes)),
+            ],
+            rounds=rounds,
+        )
+        parts = alternate(
+            [
+                Variant("span", _component_round(obs, nodes, "span")),
+                Variant("increment", _component_round(obs, nodes, "increment")),
+                Variant("observe_latency", _component_round(obs, nodes, "observe")),
+                Variant("paused", _paused_round(Observability, ObservabilitySettings, nodes)),
+                Variant("bare", _bare_round(nodes)),
+            ],
+            rounds=rounds,
+        )
+        profile = _profile_caller(obs, nodes)
+        dropped = obs.health().dropped_total
+    finally:
+        obs.close()
+        otel.shutdown()
+    return _result(main, parts, profile, dropped, anchor_lost[0], nodes, quick)
+
+
+# --- variants -------------------------------------------------------------------
+
+
+def _ours_round(obs: object, nodes: int) -> Callable[[], Mapping[str, float]]:
+    from app.observability import Observability
+
+    assert isinstance(obs, Observability)
+
+    def round_() -> Mapping[str, float]:
+        span = obs.tracing.span
+        increment = obs.metrics.increment
+        observe = obs.metrics.observe_latency
+        clock = time.perf_counter_ns
+        started = clock()
+        for i in range(nodes):
+            t0 = clock()
+            tenant = TENANTS[i & 7]
+            with span(NODE, kind="node"):
+                work()
+            increment("request_count", tenant_id=tenant)
+            observe("node_execution_latency", (clock() - t0) / 1e9, node=NODE)
+        ended = clock()
+        flushed = obs.flush()
+        drained = clock()
+        return {
+            "ns": (ended - started) / nodes,
+            "ns_drained": (drained - started) / nodes,
+            "incomplete": 0 if flushed else 1,
+        }
+
+    return round_
+
+
+def _anchor_round(
+    otel: object, prom: object, nodes: int, lost: list[int]
+) -> Callable[[], Mapping[str, float]]:
+    from benchmarks._anchors import OtelTracing, PromNodeMetrics
+
+    assert isinstance(otel, OtelTracing) and isinstance(prom, PromNodeMetrics)
+
+    def round_() -> Mapping[str, float]:
+        start_span = otel.tracer.start_as_current_span
+        requests = prom.requests
+        latency = prom.node_latency
+        clock = time.perf_counter_ns
+        started = clock()
+        for i in range(nodes):
+            t0 = clock()
+            tenant = TENANTS[i & 7]
+            with start_span(NODE):
+                work()
+            requests.labels(tenant).inc()
+            latency.labels(NODE).observe((clock() - t0) / 1e9)
+        ended = clock()
+        exported = otel.drain()
+        drained = clock()
+        lost[0] += abs(nodes - exported)
+        return {"ns": (ended - started) / nodes, "ns_drained": (drained - started) / nodes}
+
+    return round_
+
+
+def _bare_round(nodes: int) -> Callable[[], Mapping[str, float]]:
+    def round_() -> Mapping[str, float]:
+        clock = time.perf_counter_ns
+        sink = 0.0
+        started = clock()
+        for i in range(nodes):
+            t0 = clock()
+            tenant = TENANTS[i & 7]
+            work()
+            sink += (clock() - t0) / 1e9 + len(tenant)
+        ended = clock()
+        return {"ns": (ended - started) / nodes, "ns_drained": (ended - started) / nodes}
+
+    return round_
+
+
+def _component_round(obs: object, nodes: int, part: str) -> Callable[[], Mapping[str, float]]:
+    """One instrumentation call alone per bare node (collectors running)."""
+    from app.observability import Observability
+
+    assert isinstance(obs, Observability)
+
+    def round_() -> Mapping[str, float]:
+        span = obs.tracing.span
+        increment = obs.metrics.increment
+        observe = obs.metrics.observe_latency
+        clock = time.perf_counter_ns
+        sink = 0.0
+        started = clock()
+        if part == "span":
+            for i in range(nodes):
+                t0 = clock()
+                tenant = TENANTS[i & 7]
+                with span(NODE, kind="node"):
+                    work()
+                sink += (clock() - t0) / 1e9 + len(tenant)
+        elif part == "increment":
+            for i in range(nodes):
+                t0 = clock()
+                tenant = TENANTS[i & 7]
+                work()
+                increment("request_count", tenant_id=tenant)
+                sink += (clock() - t0) / 1e9
+        else:
+            for i in range(nodes):
+                t0 = clock()
+                tenant = TENANTS[i & 7]
+                work()
+                observe("node_execution_latency", (clock() - t0) / 1e9, node=NODE)
+                sink += len(tenant)
+        ended = clock()
+        obs.flush()
+        return {"ns": (ended - started) / nodes}
+
+    return round_
+
+
+def _paused_round(
+    observability: Callable[..., object], settings: Callable[..., object], nodes: int
+) -> Callable[[], Mapping[str, float]]:
+    """The full node with the collector threads not yet started, then the backlog's drain.
+
+    Splits the cost into what the calling thread pays (records built and
+    queued) and what the collector threads pay afterwards (records applied).
+    """
+
+    def round_() -> Mapping[str, float]:
+        obs = observability(settings(drain_at_exit=False), start=False)
+        span = obs.tracing.span  # type: ignore[attr-defined]
+        increment = obs.metrics.increment  # type: ignore[attr-defined]
+        observe = obs.metrics.observe_latency  # type: ignore[attr-defined]
+        clock = time.perf_counter_ns
+        try:
+            started = clock()
+            for i in range(nodes):
+                t0 = clock()
+                tenant = TENANTS[i & 7]
+                with span(NODE, kind="node"):
+                    work()
+                increment("request_count", tenant_id=tenant)
+                observe("node_execution_latency", (clock() - t0) / 1e9, node=NODE)
+            ended = clock()
+            obs.start()  # type: ignore[attr-defined]
+            flushed = obs.flush()  # type: ignore[attr-defined]
+            drained = clock()
+        finally:
+            obs.close()  # type: ignore[attr-defined]
+        return {
+            "ns": (ended - started) / nodes,
+            "drain_ns": (drained - ended) / nodes,
+            "incomplete": 0 if flushed else 1,
+        }
+
+    return round_
+
+
+def _profile_caller(obs: object, nodes: int) -> list[tuple[str, float, float]]:
+    """cProfile of our node loop on the calling thread: (function, own µs, cumulative µs) per node."""
+    profiler = cProfile.Profile()
+    round_ = _ours_round(obs, nodes)
+    profiler.enable()
+    round_()
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    rows: list[tuple[str, float, float]] = []
+    for (filename, line, function), (_, _, own, cumulative, _) in stats.stats.items():  # type: ignore[attr-defined]
+        short = filename.split("/work/main/")[-1] if "/work/main/" in filename else filename
+        label = f"{function} ({short.rsplit('/', 1)[-1]}:{line})" if line else function
+        rows.append((label, own / nodes * 1e6, cumulative / nodes * 1e6))
+    rows.sort(key=lambda r: r[1], reverse=True)
+    return rows[:8]
+
+
+# --- result -----------------------------------------------------------------------
+
+
+def _result(
+    main: Runs,
+    parts: Runs,
+    profile: list[tuple[str, float, float]],
+    dropped: int,
+    anchor_lost: int,
+    nodes: int,
+    quick: bool,
+) -> BenchResult:
+    net = {
+        v: main.paired((v, "ns"), ("bare", "ns"), lambda a, b: a - b) for v in ("ours", "otel+prom")
+    }
+    net_drained = {
+        v: main.paired((v, "ns_drained"), ("bare", "ns"), lambda a, b: a - b)
+        for v in ("ours", "otel+prom")
+    }
+    ratio = _net_ratio(main, "ns", "ns")
+    ratio_drained = _net_ratio(main, "ns_drained", "ns_drained")
+    bare = main.stats("bare", "ns")
+    rows = []
+    for variant in ("ours", "otel+prom", "bare"):
+        total = main.stats(variant, "ns")
+        is_bare = variant == "bare"
+        rows.append((
+            variant,
+            fmt_stats(total, fmt_us),
+            "–" if is_bare else fmt_stats(net[variant], fmt_us),
+            "–" if is_bare else fmt_stats(net_drained[variant], fmt_us),
+            "1x" if variant == "ours" else ("–" if is_bare else fmt_stats(ratio, fmt_ratio)),
+            main.gc_summary(variant),
+        ))
+    table = Table(
+        title=f"Per node, {fmt_int(nodes)} nodes per round, {main.rounds} alternating rounds",
+        headers=("variant", "time per node (µs)", "instrumentation (µs, minus bare)",
+                 "incl. drain (µs, minus bare)", "anchor / ours", "GC per round (gen0/1/2)"),
+        rows=tuple(rows),
+        note=(
+            "*instrumentation* is what the calling thread's loop took per node minus the bare"
+            " node, collector threads running (they share the GIL, so the records they apply"
+            " during the loop are included). *incl. drain* adds the time until every record"
+            f" is applied/exported (our `flush()`, OTel `force_flush()`). Drain ratio:"
+            f" {fmt_stats(ratio_drained, fmt_ratio)}."
+        ),
+    )
+    bare_parts = parts.stats("bare", "ns").median
+    part_rows = []
+    for variant, label in (
+        ("span", "`with obs.tracing.span(...)` alone"),
+        ("increment", "`obs.metrics.increment(...)` alone"),
+        ("observe_latency", "`obs.metrics.observe_latency(...)` alone"),
+    ):
+        part_rows.append((label, fmt_stats(
+            parts.paired((variant, "ns"), ("bare", "ns"), lambda a, b: a - b), fmt_us
+        )))
+    paused = parts.paired(("paused", "ns"), ("bare", "ns"), lambda a, b: a - b)
+    drain = parts.stats("paused", "drain_ns")
+    part_rows.append(("whole node, collectors paused: calling thread only", fmt_stats(paused, fmt_us)))
+    part_rows.append(("… then the collectors applying that backlog (per node)", fmt_stats(drain, fmt_us)))
+    breakdown = Table(
+        title="Where our per-node time goes (µs per node, minus a bare node of "
+              f"{fmt_us(bare_parts)} µs)",
+        headers=("part", "µs per node"),
+        rows=tuple(part_rows),
+        note=(
+            "Each part alone, collectors running, alternating with the others. The paused"
+            " rows build the container with `start=False`: the calling thread pays only for"
+            " building and queueing records; starting and flushing it then measures the"
+            " collector threads' share."
+        ),
+    )
+    profile_table = Table(
+        title="cProfile of our node loop, calling thread (µs per node; the profiler inflates"
+              " absolute times)",
+        headers=("function", "own µs", "cumulative µs"),
+        rows=tuple((name, fmt_float(own), fmt_float(cum)) for name, own, cum in profile),
+    )
+    measured_ratio = ratio.median
+    met = measured_ratio >= TARGET_RATIO
+    incomplete = sum(main.values("ours", "incomplete")) + sum(parts.values("paused", "incomplete"))
+    notes = [
+        f"Records dropped by our pipeline over the whole benchmark: {fmt_int(dropped)} "
+        f"(must be 0); incomplete flushes: {fmt_int(incomplete)}; spans missing from the OTel "
+        f"in-memory exporter: {fmt_int(anchor_lost)}.",
+        f"Bare node: {fmt_stats(bare, fmt_us)} µs (loop, tenant choice, two clock reads,"
+        " `sum(range(16))`).",
+    ]
+    analysis = "" if met else _analysis(net["ours"].median, net["otel+prom"].median, parts)
+    return BenchResult(
+        name=NAME,
+        title=TITLE,
+        summary=__doc__.split("\n\n", 1)[1].strip() if __doc__ else "",
+        tables=[table, breakdown, profile_table],
+        targets=[Target(
+            goal=f"ours ≥ {TARGET_RATIO:g}x cheaper per node than OTel SDK + prometheus_client",
+            measured=f"{fmt_ratio(measured_ratio)} ({fmt_us(net['ours'].median)} µs vs "
+                     f"{fmt_us(net['otel+prom'].median)} µs)",
+            met=met and dropped == 0,
+        )],
+        notes=notes,
+        analysis=analysis,
+    )
+
+
+def _net_ratio(runs: Runs, anchor_key: str, ours_key: str) -> Stats:
+    """Per round: (anchor - bare) / (ours - bare), summarised."""
+    anchor = runs.values("otel+prom", anchor_key)
+    ours = runs.values("ours", ours_key)
+    bare = runs.values("bare", "ns")
+    return summarize(
+        (a - b) / (o - b) if o > b else 0.0 for a, o, b in zip(anchor, ours, bare, strict=True)
+    )
+
+
+def _analysis(ours_ns: float, anchor_ns: float, parts: Runs) -> str:
+    def part(variant: str) -> float:
+        return parts.paired((variant, "ns"), ("bare", "ns"), lambda a, b: a - b).median / 1e3
+
+    budget = anchor_ns / TARGET_RATIO / 1e3
+    drain = parts.stats("paused", "drain_ns").median / 1e3
+    return f"""\
+**Why the target is missed, and what would fix it.** The 10x target leaves
+{fmt_float(budget)} µs per node; we spend {fmt_us(ours_ns)} µs. Alone, the span costs
+{fmt_float(part("span"))} µs, `increment` {fmt_float(part("increment"))} µs and
+`observe_latency` {fmt_float(part("observe_latency"))} µs; with the collectors paused the calling
+thread pays {fmt_float(parts.paired(("paused", "ns"), ("bare", "ns"), lambda a, b: a - b).median / 1e3)} µs,
+and the collector threads then need {fmt_float(drain)} µs per node to apply the three records
+(metrics store incl. the quantile sketch, trace ring buffer incl. the span redactor). On a
+2-core machine with the GIL, work moved to a collector thread is not free: it is serialised
+with the caller, so it shows up in the caller's loop. Per record we pay a record tuple, a
+queue offer, a wake-up every few hundred records, and a Python-level apply on the other side.
+
+Design changes, in order of payoff (for the lead; `app/` and `collectors/` are not touched here):
+
+1. **Aggregate counters and histograms on the producer side** instead of shipping one
+   `MetricRecord` per call: a per-thread (or per-task-context) accumulator
+   `dict[(metric, labels)] -> value` / bucket array that the metrics collector swaps out and
+   merges on each drain, flush or snapshot (ownership passes with the swap, like a
+   double-buffered outbox). `increment`/`observe_latency` then cost a dict lookup and an add
+   (prometheus_client's own `inc()` is ~1 µs *with* a lock), and the collector does one merge per
+   series per drain instead of one apply per call. Expected: both metric calls well under
+   0.5 µs caller-side and near zero collector-side.
+2. **Make the span cheaper to open and close**: let `Span` be its own context manager
+   (drop `SpanScope` and the `**kwargs` re-dispatch into `start_span_sync`), send the ended
+   `Span` itself (its slots are no longer written after end) instead of building a
+   13-field `SpanRecord` on the caller, and move the redaction of a span's attributes out of
+   the hot path for spans without attributes (the redactor currently runs per span).
+3. **Batch per producer**: node spans inside a workflow run already travel in the run's
+   outbox (`batch=True` root); extending that to the metrics facade (append to the current
+   outbox when there is one, as `log_generation_sync` does) divides queue offers and
+   wake-ups by the run's record count.
+
+Even with all three, an instrumented node in pure Python stays around 2–3 µs (a span needs
+two clock reads, an id, a context-variable set/reset and one record); a 10x margin over
+OTel + prometheus_client (≈{fmt_us(anchor_ns)} µs here) is reachable only with (1) and (2)
+together."""
