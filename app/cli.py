@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -35,9 +36,9 @@ from typing import Any, TextIO
 import structlog
 
 from app.observability import Observability, ObservabilitySettings
-from app.observability.settings import MetricsServerSettings
 from app.observability.otlp import write_otlp_json
 from app.observability.redaction import structlog_redactor
+from app.observability.settings import MetricsServerSettings
 from app.workflows.langgraph.config import WorkflowConfig
 from app.workflows.langgraph.instrumentation import InstrumentedRiskWorkflow
 from app.workflows.langgraph.state import RiskRequest
@@ -190,7 +191,7 @@ async def _run_batch(
             try:
                 await workflow.run(request)
                 outcome.ok += 1
-            except Exception as exc:  # noqa: BLE001 - counted and classified by the workflow
+            except Exception as exc:  # counted and classified by the workflow
                 outcome.failed += 1
                 name = type(exc).__name__
                 outcome.errors[name] = outcome.errors.get(name, 0) + 1
@@ -213,12 +214,12 @@ def _series(families: Sequence[MetricFamily], name: str) -> tuple[Any, ...]:
     return ()
 
 
-def _sum_by(series: Sequence[Any], label: str) -> dict[str, int | float]:
-    totals: dict[str, int | float] = {}
+def _sum_by(series: Sequence[Any], label: str) -> dict[str, Any]:
+    totals: dict[str, Any] = {}
     for item in series:
         if isinstance(item, ValueSeries):
             key = dict(item.labels).get(label, "-")
-            totals[key] = totals.get(key, 0) + item.value  # type: ignore[operator]
+            totals[key] = totals.get(key, 0) + item.value
     return totals
 
 
@@ -449,8 +450,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(f"\nServing {server.url} for {args.serve_metrics:g} s "
                              "(Ctrl-C to stop)\n")
             sys.stdout.flush()
-            try:
+            with contextlib.suppress(KeyboardInterrupt):
                 threading.Event().wait(args.serve_metrics)
-            except KeyboardInterrupt:
-                pass
     return 0

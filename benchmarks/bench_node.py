@@ -30,17 +30,17 @@ from collections.abc import Callable, Mapping
 from benchmarks._harness import (
     BenchResult,
     Runs,
-    Stats,
     Table,
     Target,
     Variant,
     alternate,
+    cpu_split,
     fmt_float,
     fmt_int,
     fmt_ratio,
     fmt_stats,
     fmt_us,
-    summarize,
+    thread_cpu_ns,
 )
 
 NAME = "node"
@@ -110,6 +110,7 @@ def _ours_round(obs: object, nodes: int) -> Callable[[], Mapping[str, float]]:
         increment = obs.metrics.increment
         observe = obs.metrics.observe_latency
         clock = time.perf_counter_ns
+        cpu = thread_cpu_ns()
         started = clock()
         for i in range(nodes):
             t0 = clock()
@@ -125,6 +126,7 @@ def _ours_round(obs: object, nodes: int) -> Callable[[], Mapping[str, float]]:
             "ns": (ended - started) / nodes,
             "ns_drained": (drained - started) / nodes,
             "incomplete": 0 if flushed else 1,
+            **cpu_split(cpu, thread_cpu_ns(), nodes),
         }
 
     return round_
@@ -142,6 +144,7 @@ def _anchor_round(
         requests = prom.requests
         latency = prom.node_latency
         clock = time.perf_counter_ns
+        cpu = thread_cpu_ns()
         started = clock()
         for i in range(nodes):
             t0 = clock()
@@ -154,7 +157,11 @@ def _anchor_round(
         exported = otel.drain()
         drained = clock()
         lost[0] += abs(nodes - exported)
-        return {"ns": (ended - started) / nodes, "ns_drained": (drained - started) / nodes}
+        return {
+            "ns": (ended - started) / nodes,
+            "ns_drained": (drained - started) / nodes,
+            **cpu_split(cpu, thread_cpu_ns(), nodes),
+        }
 
     return round_
 
@@ -163,6 +170,7 @@ def _bare_round(nodes: int) -> Callable[[], Mapping[str, float]]:
     def round_() -> Mapping[str, float]:
         clock = time.perf_counter_ns
         sink = 0.0
+        cpu = thread_cpu_ns()
         started = clock()
         for i in range(nodes):
             t0 = clock()
@@ -170,7 +178,11 @@ def _bare_round(nodes: int) -> Callable[[], Mapping[str, float]]:
             work()
             sink += (clock() - t0) / 1e9 + len(tenant)
         ended = clock()
-        return {"ns": (ended - started) / nodes, "ns_drained": (ended - started) / nodes}
+        return {
+            "ns": (ended - started) / nodes,
+            "ns_drained": (ended - started) / nodes,
+            **cpu_split(cpu, thread_cpu_ns(), nodes),
+        }
 
     return round_
 
@@ -256,7 +268,7 @@ def _paused_round(
 
 
 def _profile_caller(obs: object, nodes: int) -> list[tuple[str, float, float]]:
-    """cProfile of our node loop on the calling thread: (function, own µs, cumulative µs) per node."""
+    """cProfile of our node loop, calling thread: (function, own µs, cumulative µs) per node."""
     profiler = cProfile.Profile()
     round_ = _ours_round(obs, nodes)
     profiler.enable()
@@ -284,15 +296,10 @@ def _result(
     nodes: int,
     quick: bool,
 ) -> BenchResult:
-    net = {
-        v: main.paired((v, "ns"), ("bare", "ns"), lambda a, b: a - b) for v in ("ours", "otel+prom")
-    }
-    net_drained = {
-        v: main.paired((v, "ns_drained"), ("bare", "ns"), lambda a, b: a - b)
-        for v in ("ours", "otel+prom")
-    }
-    ratio = _net_ratio(main, "ns", "ns")
-    ratio_drained = _net_ratio(main, "ns_drained", "ns_drained")
+    net = {v: main.net(v) for v in ("ours", "otel+prom")}
+    net_drained = {v: main.net(v, "ns_drained") for v in ("ours", "otel+prom")}
+    ratio = main.net_ratio("otel+prom", "ours")
+    ratio_drained = main.net_ratio("otel+prom", "ours", "ns_drained")
     bare = main.stats("bare", "ns")
     rows = []
     for variant in ("ours", "otel+prom", "bare"):
@@ -301,22 +308,28 @@ def _result(
         rows.append((
             variant,
             fmt_stats(total, fmt_us),
-            "–" if is_bare else fmt_stats(net[variant], fmt_us),
-            "–" if is_bare else fmt_stats(net_drained[variant], fmt_us),
-            "1x" if variant == "ours" else ("–" if is_bare else fmt_stats(ratio, fmt_ratio)),
+            "-" if is_bare else fmt_stats(net[variant], fmt_us),
+            "-" if is_bare else fmt_stats(net_drained[variant], fmt_us),
+            "1x" if variant == "ours" else ("-" if is_bare else fmt_stats(ratio, fmt_ratio)),
+            f"{fmt_us(main.stats(variant, 'cpu_caller_ns').median)} / "
+            f"{fmt_us(main.stats(variant, 'cpu_background_ns').median)}",
             main.gc_summary(variant),
         ))
     table = Table(
         title=f"Per node, {fmt_int(nodes)} nodes per round, {main.rounds} alternating rounds",
         headers=("variant", "time per node (µs)", "instrumentation (µs, minus bare)",
-                 "incl. drain (µs, minus bare)", "anchor / ours", "GC per round (gen0/1/2)"),
+                 "incl. drain (µs, minus bare)", "anchor / ours",
+                 "CPU: calling thread / other threads (µs)", "GC per round (gen0/1/2)"),
         rows=tuple(rows),
         note=(
             "*instrumentation* is what the calling thread's loop took per node minus the bare"
             " node, collector threads running (they share the GIL, so the records they apply"
             " during the loop are included). *incl. drain* adds the time until every record"
-            f" is applied/exported (our `flush()`, OTel `force_flush()`). Drain ratio:"
-            f" {fmt_stats(ratio_drained, fmt_ratio)}."
+            " is applied/exported (our `flush()`, OTel `force_flush()`). Drain ratio:"
+            f" {fmt_stats(ratio_drained, fmt_ratio)}. *CPU* is on-CPU time per node of the"
+            " calling thread and of all other threads (schedstat), loop and drain included;"
+            f" ours by thread: {main.background_cpu('ours')}; anchor by thread:"
+            f" {main.background_cpu('otel+prom')}."
         ),
     )
     bare_parts = parts.stats("bare", "ns").median
@@ -326,17 +339,17 @@ def _result(
         ("increment", "`obs.metrics.increment(...)` alone"),
         ("observe_latency", "`obs.metrics.observe_latency(...)` alone"),
     ):
-        part_rows.append((label, fmt_stats(
-            parts.paired((variant, "ns"), ("bare", "ns"), lambda a, b: a - b), fmt_us
-        )))
-    paused = parts.paired(("paused", "ns"), ("bare", "ns"), lambda a, b: a - b)
+        part_rows.append((label, fmt_stats(parts.net(variant), fmt_us), parts.gc_summary(variant)))
+    paused = parts.net("paused")
     drain = parts.stats("paused", "drain_ns")
-    part_rows.append(("whole node, collectors paused: calling thread only", fmt_stats(paused, fmt_us)))
-    part_rows.append(("… then the collectors applying that backlog (per node)", fmt_stats(drain, fmt_us)))
+    part_rows.append(("whole node, collectors paused: calling thread only",
+                      fmt_stats(paused, fmt_us), parts.gc_summary("paused")))
+    part_rows.append(("… then the collectors applying that backlog (per node)",
+                      fmt_stats(drain, fmt_us), "-"))
     breakdown = Table(
         title="Where our per-node time goes (µs per node, minus a bare node of "
               f"{fmt_us(bare_parts)} µs)",
-        headers=("part", "µs per node"),
+        headers=("part", "µs per node", "GC per round (gen0/1/2)"),
         rows=tuple(part_rows),
         note=(
             "Each part alone, collectors running, alternating with the others. The paused"
@@ -378,19 +391,9 @@ def _result(
     )
 
 
-def _net_ratio(runs: Runs, anchor_key: str, ours_key: str) -> Stats:
-    """Per round: (anchor - bare) / (ours - bare), summarised."""
-    anchor = runs.values("otel+prom", anchor_key)
-    ours = runs.values("ours", ours_key)
-    bare = runs.values("bare", "ns")
-    return summarize(
-        (a - b) / (o - b) if o > b else 0.0 for a, o, b in zip(anchor, ours, bare, strict=True)
-    )
-
-
 def _analysis(ours_ns: float, anchor_ns: float, parts: Runs) -> str:
     def part(variant: str) -> float:
-        return parts.paired((variant, "ns"), ("bare", "ns"), lambda a, b: a - b).median / 1e3
+        return parts.net(variant).median / 1e3
 
     budget = anchor_ns / TARGET_RATIO / 1e3
     drain = parts.stats("paused", "drain_ns").median / 1e3
@@ -399,7 +402,7 @@ def _analysis(ours_ns: float, anchor_ns: float, parts: Runs) -> str:
 {fmt_float(budget)} µs per node; we spend {fmt_us(ours_ns)} µs. Alone, the span costs
 {fmt_float(part("span"))} µs, `increment` {fmt_float(part("increment"))} µs and
 `observe_latency` {fmt_float(part("observe_latency"))} µs; with the collectors paused the calling
-thread pays {fmt_float(parts.paired(("paused", "ns"), ("bare", "ns"), lambda a, b: a - b).median / 1e3)} µs,
+thread pays {fmt_float(part("paused"))} µs,
 and the collector threads then need {fmt_float(drain)} µs per node to apply the three records
 (metrics store incl. the quantile sketch, trace ring buffer incl. the span redactor). On a
 2-core machine with the GIL, work moved to a collector thread is not free: it is serialised
@@ -426,7 +429,7 @@ Design changes, in order of payoff (for the lead; `app/` and `collectors/` are n
    outbox when there is one, as `log_generation_sync` does) divides queue offers and
    wake-ups by the run's record count.
 
-Even with all three, an instrumented node in pure Python stays around 2–3 µs (a span needs
+Even with all three, an instrumented node in pure Python stays around 2-3 µs (a span needs
 two clock reads, an id, a context-variable set/reset and one record); a 10x margin over
 OTel + prometheus_client (≈{fmt_us(anchor_ns)} µs here) is reachable only with (1) and (2)
 together."""

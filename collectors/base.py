@@ -331,25 +331,48 @@ class Collector(ABC, Generic[StoreT]):
             if thread.is_alive():
                 raise TimeoutError(f"collector {self.name!r} thread is still running")
 
-    def stop(self, timeout: float) -> bool:
+    def stop(self, timeout: float, *, helpers: bool = True) -> bool:
         """Stop accepting, let the thread apply what is queued, and join it.
 
         Records still queued when the thread is gone (or sent later) are
         counted as dropped with reason ``closed``. Idempotent.
 
+        Args:
+            timeout: Seconds to wait, helpers included.
+            helpers: Then stop the helper threads this collector feeds (see
+                :meth:`stop_helpers`) within what is left of ``timeout``.
+                :meth:`Pipeline.close <collectors.pipeline.Pipeline.close>`
+                passes ``False`` and stops helpers once every collector
+                thread is gone, so a slow helper never delays another
+                collector's drain.
+
         Returns:
             ``True`` if the thread is gone (or never ran).
         """
+        deadline = time.monotonic() + max(timeout, 0.0)
         self.accepting = False
         thread = self._thread
+        stopped = True
         if self._state is CollectorState.RUNNING and thread is not None:
             self._queue.offer_control(_STOP)
             thread.join(max(timeout, 0.0))
-            if thread.is_alive():
-                return False
-        if self._state is not CollectorState.DEAD:
-            self._state = CollectorState.STOPPED
-        self._sweep(self._refusal_reason())
+            stopped = not thread.is_alive()
+        if stopped:
+            if self._state is not CollectorState.DEAD:
+                self._state = CollectorState.STOPPED
+            self._sweep(self._refusal_reason())
+        if helpers:
+            self.stop_helpers(max(deadline - time.monotonic(), 0.0))
+        return stopped
+
+    def stop_helpers(self, timeout: float) -> bool:
+        """Stop helper threads fed by this collector (none here; see the trace collector).
+
+        Called after the collector thread has stopped.
+
+        Returns:
+            ``True`` if every helper thread is gone.
+        """
         return True
 
     def stats(self) -> CollectorStats:

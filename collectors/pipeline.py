@@ -14,14 +14,16 @@ A :class:`Pipeline` starts, flushes and closes its collectors together:
   (bounded by the configured timeout). After ``os.fork()`` the child gets
   fresh queues and threads; records in flight at the fork count as lost.
 
-The pipeline holds no global state: hooks reference it weakly, so a pipeline
-that is garbage-collected is simply skipped.
+The pipeline holds no global state. The ``atexit`` hook holds the pipeline
+until ``close()`` unregisters it (a running pipeline is a live resource); the
+fork hook, which cannot be unregistered, holds it weakly.
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import enum
 import os
 import threading
@@ -123,7 +125,9 @@ class Pipeline:
         self._pid = os.getpid()
         self._atexit_hook: Any = None
         if drain_at_exit:
-            self._atexit_hook = _weak_hook(self, "_close_at_exit")
+            # A strong reference on purpose: a running pipeline is a live
+            # resource (its threads hold records) until close() unregisters it.
+            self._atexit_hook = self._close_at_exit
             atexit.register(self._atexit_hook)
         os.register_at_fork(after_in_child=_weak_hook(self, "_after_fork_in_child"))
 
@@ -236,7 +240,11 @@ class Pipeline:
         for stage in self._stages:  # upstream first: their output lands downstream
             for name in stage:
                 remaining = max(deadline - time.monotonic(), 0.0)
-                complete &= self._collectors[name].stop(remaining)
+                complete &= self._collectors[name].stop(remaining, helpers=False)
+        # Then helpers (span exporters) get what is left: a slow one cannot eat
+        # another collector's drain time. Their losses are counted by them.
+        for collector in self._collectors.values():
+            collector.stop_helpers(max(deadline - time.monotonic(), 0.0))
         result = self._result(started, complete=complete, timed_out=not complete)
         _logger.debug(
             "observability.pipeline_closed",
@@ -293,7 +301,9 @@ def _flush_stages(collectors: Mapping[str, Collector[Any]]) -> tuple[tuple[str, 
     return tuple(tuple(stages[k]) for k in sorted(stages))
 
 
-def _all_done(loop: asyncio.AbstractEventLoop, futures: Sequence[Future[Any]]) -> asyncio.Future[None]:
+def _all_done(
+    loop: asyncio.AbstractEventLoop, futures: Sequence[Future[Any]]
+) -> asyncio.Future[None]:
     """An asyncio future (on ``loop``) done when every concurrent future is done.
 
     Unlike ``asyncio.wrap_future``, cancelling the result never cancels the
@@ -313,10 +323,9 @@ def _all_done(loop: asyncio.AbstractEventLoop, futures: Sequence[Future[Any]]) -
             remaining[0] -= 1
             last = remaining[0] == 0
         if last:
-            try:
+            # RuntimeError: the loop is closed; nobody is waiting any more.
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(wake)
-            except RuntimeError:  # the loop is closed; nobody is waiting any more
-                pass
 
     if not futures:
         waiter.set_result(None)

@@ -17,6 +17,8 @@ other. It holds no global state: two containers in one process share nothing.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
 
@@ -35,6 +37,7 @@ from app.observability.settings import (
 from app.observability.tracing import Span, SpanContext, TracingService
 from collectors.audit import AuditStoreCollector
 from collectors.cost import CostStoreCollector
+from collectors.export import CallableExporter, SpanExporter
 from collectors.metrics import MetricsStoreCollector
 from collectors.pipeline import FlushResult, Pipeline, PipelineHealth, PipelineState
 from collectors.trace import TraceStoreCollector
@@ -73,6 +76,9 @@ class Observability:
         settings: The configuration; defaults to ``ObservabilitySettings()``.
         start: Start the collector threads now (default). With ``False``,
             records are queued until :meth:`start`.
+        exporters: Span exporters (:class:`collectors.export.SpanExporter`),
+            each run on its own thread after redaction; with
+            ``settings.otlp_endpoint`` set, an OTLP/HTTP exporter is added.
 
     Attributes:
         metrics: :class:`MetricsCollector` facade.
@@ -85,7 +91,13 @@ class Observability:
         pipeline: The :class:`~collectors.pipeline.Pipeline` of collectors.
     """
 
-    def __init__(self, settings: ObservabilitySettings | None = None, *, start: bool = True) -> None:
+    def __init__(
+        self,
+        settings: ObservabilitySettings | None = None,
+        *,
+        start: bool = True,
+        exporters: Sequence[SpanExporter] = (),
+    ) -> None:
         self.settings = settings = settings or ObservabilitySettings()
         queue_kwargs: dict[str, Any] = {
             "maxsize": settings.queue_maxsize,
@@ -113,8 +125,20 @@ class Observability:
         audit_actor = AuditStoreCollector(
             capacity=settings.audit_buffer_size, redactor=audit_redactor, **queue_kwargs
         )
+        span_exporters = list(exporters)
+        if settings.otlp_endpoint is not None:
+            from app.observability.otlp import OtlpHttpSender
+
+            sender = OtlpHttpSender(settings.otlp_endpoint, timeout=settings.otlp_timeout_seconds)
+            span_exporters.append(CallableExporter(
+                functools.partial(sender.send, service_name=settings.service_name,
+                                  service_version=settings.service_version),
+                name="otlp",
+            ))
         trace_actor = TraceStoreCollector(
-            capacity=settings.trace_buffer_size, redactor=span_redactor, **queue_kwargs
+            capacity=settings.trace_buffer_size, redactor=span_redactor,
+            exporters=span_exporters, export_timeout=settings.export_timeout_seconds,
+            export_queue_batches=settings.export_queue_batches, **queue_kwargs
         )
         cost_actor = CostStoreCollector(
             budgets=settings.budgets,

@@ -94,6 +94,15 @@ class ObservabilitySettings(BaseModel):
     redact: bool = True
     metrics_server: MetricsServerSettings = MetricsServerSettings()
 
+    # --- span export (off by default) ---
+    #: OTLP/HTTP traces URL (``http://127.0.0.1:4318/v1/traces``); ``None``: no export.
+    otlp_endpoint: str | None = None
+    otlp_timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    #: An export call running longer than this is counted as timed out.
+    export_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
+    #: Span batches each exporter may have waiting; more are dropped and counted.
+    export_queue_batches: int = Field(default=64, ge=1)
+
     @field_validator("latency_buckets", "node_latency_buckets")
     @classmethod
     def _check_buckets(cls, value: tuple[float, ...] | None) -> tuple[float, ...] | None:

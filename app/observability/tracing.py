@@ -183,6 +183,17 @@ class Span:
         """Whether the span has ended."""
         return self.end_ns != 0
 
+    def identity_attributes(self) -> dict[str, AttributeValue]:
+        """A new dict of the tenant, correlation and request ids that are set."""
+        attrs: dict[str, AttributeValue] = {}
+        if self.tenant_id is not None:
+            attrs["tenant_id"] = self.tenant_id
+        if self.correlation_id is not None:
+            attrs["correlation_id"] = self.correlation_id
+        if self.request_id is not None:
+            attrs["request_id"] = self.request_id
+        return attrs
+
     def elapsed_seconds(self) -> float:
         """Seconds since the span started (monotonic clock)."""
         return (time.perf_counter_ns() - self._perf_start) / 1e9
@@ -365,17 +376,27 @@ class TracingService:
             raise ValueError(f"span kind must be one of {sorted(_KINDS)}, got {kind!r}")
         if parent is None and not root:
             parent = self._current.get()
-        attrs: dict[str, AttributeValue] = {}
-        if type(parent) is Span:
-            tenant_id = tenant_id if tenant_id is not None else parent.tenant_id
-            correlation_id = correlation_id if correlation_id is not None else parent.correlation_id
-            request_id = request_id if request_id is not None else parent.request_id
-        if tenant_id is not None:
-            attrs["tenant_id"] = _check_id("tenant_id", tenant_id)
-        if correlation_id is not None:
-            attrs["correlation_id"] = _check_id("correlation_id", correlation_id)
-        if request_id is not None:
-            attrs["request_id"] = _check_id("request_id", request_id)
+        if (type(parent) is Span and tenant_id is None and correlation_id is None
+                and request_id is None):
+            # The common child span: identity inherited, already validated.
+            tenant_id, correlation_id, request_id = (
+                parent.tenant_id, parent.correlation_id, parent.request_id)
+            attrs: dict[str, AttributeValue] = parent.identity_attributes()
+        else:
+            if type(parent) is Span:
+                if tenant_id is None:
+                    tenant_id = parent.tenant_id
+                if correlation_id is None:
+                    correlation_id = parent.correlation_id
+                if request_id is None:
+                    request_id = parent.request_id
+            attrs = {}
+            if tenant_id is not None:
+                attrs["tenant_id"] = _check_id("tenant_id", tenant_id)
+            if correlation_id is not None:
+                attrs["correlation_id"] = _check_id("correlation_id", correlation_id)
+            if request_id is not None:
+                attrs["request_id"] = _check_id("request_id", request_id)
         if attributes:
             for key, value in attributes.items():
                 _check_attribute(key, value)

@@ -5,10 +5,15 @@ Typical use::
     config = WorkflowConfig()
     graph = build_risk_graph(config=config, node_wrapper=instrument)
     state = await run_risk_workflow(graph, request, config=config)
+
+For a compiled graph that cannot be rebuilt with a ``node_wrapper``, the
+optional (off by default, costlier) :class:`ObservabilityCallbackHandler` goes
+in the run's ``config["callbacks"]`` instead.
 """
 
 from __future__ import annotations
 
+from app.workflows.langgraph.callbacks import ObservabilityCallbackHandler
 from app.workflows.langgraph.config import WorkflowConfig
 from app.workflows.langgraph.graph import (
     GRAPH_NAME,
@@ -59,6 +64,7 @@ __all__ = (
     "ModelRegistry",
     "ModelVersion",
     "NodeWrapper",
+    "ObservabilityCallbackHandler",
     "PolicyEngine",
     "PolicyResult",
     "PromptVersion",
