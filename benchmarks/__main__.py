@@ -137,6 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for bench in selected:
         print(f"[benchmarks] {bench.name}: {bench.title} ...", flush=True)
         bench_started = time.perf_counter()
+        load = load_average()
         try:
             result = bench.run(args.quick)
         except Exception:
@@ -144,6 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"[benchmarks] {bench.name}: FAILED\n{failures[bench.name]}", flush=True)
             continue
         result.elapsed = time.perf_counter() - bench_started
+        result.load = load
         results.append(result)
         for target in result.targets:
             verdict = "met" if target.met else "MISSED"

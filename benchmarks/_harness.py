@@ -330,6 +330,7 @@ class BenchResult:
         notes: Bullet points: checks (drops, connection attempts), caveats.
         analysis: Markdown for missed targets: where the time goes, what to change.
         elapsed: Seconds the benchmark took (filled in by the runner).
+        load: The load average when it started (filled in by the runner).
     """
 
     name: str
@@ -340,6 +341,7 @@ class BenchResult:
     notes: list[str] = field(default_factory=list)
     analysis: str = ""
     elapsed: float = 0.0
+    load: str = ""
 
 
 # --- formatting -------------------------------------------------------------
@@ -568,7 +570,11 @@ def render_report(
             lines.append("")
         if result.analysis:
             lines += [result.analysis.strip(), ""]
-        lines += [f"_Ran in {result.elapsed:.1f} s._", ""]
+        lines += [
+            f"_Ran in {result.elapsed:.1f} s; load average (1/5/15 min) when it started:"
+            f" {result.load or 'unknown'}._",
+            "",
+        ]
     for name, trace in failures.items():
         lines += [f"## `{name}`: FAILED", "", "```", trace.rstrip(), "```", ""]
     lines += ["## Machine", "", "| | |", "|---|---|"]

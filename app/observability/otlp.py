@@ -348,6 +348,7 @@ def write_otlp_json(
             json.dump(document, file, **_JSON_OPTIONS)
             file.flush()
             os.fsync(file.fileno())
+        os.chmod(tmp_path, 0o644)  # mkstemp makes 0600; the export is an ordinary file
         os.replace(tmp_path, target)
     except BaseException:
         with contextlib.suppress(OSError):  # keep the original error

@@ -69,6 +69,7 @@ __all__ = ("ObservabilityCallbackHandler",)
 _logger = structlog.get_logger(__name__)
 
 _MASK64 = (1 << 64) - 1
+_WARN_INTERVAL = 60.0  # seconds between two warnings about failed callbacks
 _ID_KEYS = ("tenant_id", "correlation_id", "request_id")
 _NODE_KEY = "langgraph_node"
 
@@ -135,11 +136,18 @@ class ObservabilityCallbackHandler(AsyncCallbackHandler):
         self._runs: dict[UUID, _Run] = {}
         #: workflow run id -> its spans' identity and finished nodes.
         self._workflows: dict[UUID, _Workflow] = {}
+        self._callback_errors = 0
+        self._last_warning = -_WARN_INTERVAL
 
     @property
     def open_runs(self) -> int:
         """Runs started and not yet ended (0 when every run has finished)."""
         return len(self._runs) + len(self._workflows)
+
+    @property
+    def callback_errors(self) -> int:
+        """Callbacks that failed to record (caught, counted and logged, never raised)."""
+        return self._callback_errors
 
     # --- LangChain callbacks ------------------------------------------------
 
@@ -169,7 +177,7 @@ class ObservabilityCallbackHandler(AsyncCallbackHandler):
                     node, time.perf_counter_ns(), time.time_ns(), parent_run_id
                 )
         except Exception:  # never hurt the graph run
-            _logger.exception("observability_callback_failed", callback="on_chain_start")
+            self._failed("on_chain_start")
 
     async def on_chain_end(
         self,
@@ -231,7 +239,18 @@ class ObservabilityCallbackHandler(AsyncCallbackHandler):
             else:
                 self._end_node(run, end_perf_ns, error)
         except Exception:  # never hurt the graph run
-            _logger.exception("observability_callback_failed", run=run.name)
+            self._failed(run.name)
+
+    def _failed(self, where: str) -> None:
+        """Count a failed callback; warn at most once a minute (call from an ``except``)."""
+        self._callback_errors += 1
+        now = time.monotonic()
+        if now - self._last_warning >= _WARN_INTERVAL:
+            self._last_warning = now
+            _logger.warning(
+                "observability_callback_failed", where=where,
+                failed_total=self._callback_errors, exc_info=True,
+            )
 
     def _end_node(self, run: _Run, end_perf_ns: int, error: BaseException | None) -> None:
         duration_ns = end_perf_ns - run.start_perf_ns
@@ -257,16 +276,16 @@ class ObservabilityCallbackHandler(AsyncCallbackHandler):
                     if workflow is not None:
                         workflow.classified.append(error)
                         workflow.category = category.value
-        labels = {"node": run.name, "status": status}
-        tenant = _id(ids, "tenant_id")
-        if tenant is not None:
-            labels["tenant_id"] = tenant
-        self._metrics.observe_latency("node_execution_latency", duration_ns / 1e9, **labels)
         if workflow is not None:  # recorded when the workflow span is
             workflow.nodes.append(_NodeSpan(
                 run.name, run.start_ns, run.start_ns + duration_ns, status,
                 tuple(attributes.items()),
             ))
+        labels = {"node": run.name, "status": status}
+        tenant = _id(ids, "tenant_id")
+        if tenant is not None:
+            labels["tenant_id"] = tenant
+        self._metrics.observe_latency("node_execution_latency", duration_ns / 1e9, **labels)
 
     def _end_workflow(
         self, run: _Run, workflow: _Workflow, end_perf_ns: int, error: BaseException | None

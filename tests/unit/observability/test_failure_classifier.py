@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import concurrent.futures
-import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -68,9 +66,7 @@ def _failure_counts(obs: Observability) -> dict[tuple[tuple[str, str], ...], Any
         (InvalidUpdateError("two writers"), C.WORKFLOW_ERROR),
         (InfrastructureError("model endpoint down"), C.INFRA_ERROR),
         (TimeoutError("slow"), C.INFRA_ERROR),
-        (asyncio.TimeoutError(), C.INFRA_ERROR),
-        (concurrent.futures.TimeoutError(), C.INFRA_ERROR),
-        (socket.timeout(), C.INFRA_ERROR),
+        (concurrent.futures.TimeoutError(), C.INFRA_ERROR),  # asyncio's is the same class
         (ConnectionError("reset"), C.INFRA_ERROR),
         (ConnectionRefusedError(), C.INFRA_ERROR),
         (BrokenPipeError(), C.INFRA_ERROR),

@@ -288,11 +288,11 @@ def test_unhashable_label_value_raises_type_error_naming_the_label(obs: Observab
 def test_label_validation_errors(obs: Observability) -> None:
     with pytest.raises(ValueError, match="no label 'colour'"):
         obs.metrics.increment("request_count", colour="red")
-    with pytest.raises(ValueError, match="tenant_id.*empty"):
+    with pytest.raises(ValueError, match=r"tenant_id.*empty"):
         obs.metrics.increment("request_count", tenant_id="")
-    with pytest.raises(ValueError, match="tenant_id.*longer than 256"):
+    with pytest.raises(ValueError, match=r"tenant_id.*longer than 256"):
         obs.metrics.increment("request_count", tenant_id="x" * 257)
-    with pytest.raises(TypeError, match="tenant_id.*str"):
+    with pytest.raises(TypeError, match=r"tenant_id.*str"):
         obs.metrics.increment("request_count", tenant_id=1)  # type: ignore[arg-type]
 
 

@@ -56,9 +56,6 @@ HIGH_RISK = {
     "prior_chargebacks": 3,
     "channel": "api",
 }
-# REJECT scores 0.78-0.87 depending on the request's jitter and the model's bias, so
-# these tests put the high-risk line above it; HIGH_RISK scores 1.0 whatever the draw.
-BASE = WorkflowConfig(high_risk_threshold=0.9)
 AUTO = {n: "ok" for n in NODE_NAMES if n != "escalate_for_approval"}
 ESCALATE = {n: "ok" for n in NODE_NAMES if n != "auto_decision"}
 
@@ -89,6 +86,12 @@ KINDS: dict[str, Kind] = {
     "infra": Kind(APPROVE, {"validate_input": "ok", "risk_scoring": "error"},
                   InfrastructureError, FailureCategory.INFRA_ERROR, billed=False, infra=True),
 }
+
+
+def make_config(**overrides: Any) -> WorkflowConfig:
+    # REJECT scores 0.78-0.87 depending on the request's jitter and the model's bias, so
+    # the high-risk line goes above it; HIGH_RISK scores 1.0 whatever the draw.
+    return WorkflowConfig(high_risk_threshold=0.9, **overrides)
 
 
 def make_request(payload: dict[str, Any], request_id: str, tenant: str) -> RiskRequest:
@@ -206,11 +209,11 @@ async def check_exact_totals(
 @pytest.mark.asyncio
 async def test_concurrent_tenants_see_nothing_of_each_other(obs: Observability) -> None:
     # Each tenant has its own model, so a leak would also show in model usage.
-    config = BASE.model_copy(update={"pinned_versions": {
+    config = make_config(pinned_versions={
         "tenant-a": VersionPin(model_version="risk-llm-v2"),
         "tenant-b": VersionPin(model_version="risk-llm-v1"),
         "tenant-c": VersionPin(model_version="risk-llm-mini-v1"),
-    }})
+    })
     plans = {
         "tenant-a": ["approve", "review", "policy", "approve"],
         "tenant-b": ["reject", "high_risk", "invalid", "review"],
@@ -263,7 +266,7 @@ async def test_200_concurrent_runs_give_exact_totals(obs: Observability) -> None
     # 5 tenants x 7 kinds are co-prime: every tenant gets every kind.
     plan = [(tenants[i % len(tenants)], kinds[i % len(kinds)]) for i in range(200)]
     assert len(set(plan)) == len(tenants) * len(kinds)
-    config = BASE.model_copy(update={"canary_share": 0.3})
+    config = make_config(canary_share=0.3)
     runs = await run_mix(obs, plan, config)
 
     failed = [o for _, _, o in runs.values() if isinstance(o, BaseException)]
@@ -278,7 +281,7 @@ async def test_200_concurrent_runs_give_exact_totals(obs: Observability) -> None
 
 
 @settings(
-    max_examples=12, deadline=None, derandomize=True,
+    max_examples=12, deadline=None, derandomize=True, database=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
 @given(
@@ -291,7 +294,7 @@ async def test_200_concurrent_runs_give_exact_totals(obs: Observability) -> None
 def test_any_mix_of_concurrent_runs_gives_exact_totals(
     plan: list[tuple[str, str]], canary_share: float
 ) -> None:
-    config = BASE.model_copy(update={"canary_share": canary_share})
+    config = make_config(canary_share=canary_share)
 
     async def scenario() -> None:
         with Observability(ObservabilitySettings(drain_at_exit=False)) as obs:

@@ -5,7 +5,10 @@ routing and cancellation are not classified failures."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +19,7 @@ from app.errors import (
     PolicyViolationError,
     WorkflowError,
 )
-from app.observability import FailureCategory, Observability
+from app.observability import FailureCategory, ModelPrice, Observability
 from app.workflows.langgraph import (
     LLMResponse,
     PromptVersion,
@@ -161,7 +164,7 @@ async def test_a_failure_is_classified_once_and_reaches_the_caller_unchanged(
     error = excinfo.value
     assert type(error) is exc_type
     assert {key: getattr(error, key) for key in details} == details
-    assert any(entry.path.name == source for entry in excinfo.traceback)
+    assert any(Path(entry.path).name == source for entry in excinfo.traceback)
     assert len(classified) == 1 and classified[0] is error  # the node classified this object
     assert await obs.aflush()
 
@@ -369,3 +372,24 @@ async def test_a_cancelled_run_is_closed_but_not_classified(
     assert spans["risk_scoring"].error_type == "asyncio.exceptions.CancelledError"
     assert spans["risk_workflow"].status == "error"
     assert obs.health().dropped_total == 0
+
+
+@pytest.mark.asyncio
+async def test_a_failing_generation_log_still_ends_the_node_span(
+    make_obs: Callable[..., Observability],
+) -> None:
+    """BUG (instrumentation.py, ``wrap_node``/``_after_node``): ``_after_node`` runs
+    outside the ``try``, so when logging the generation raises (here the cost policy
+    ``"raise"`` for a model missing from the price table) the ``risk_scoring`` span
+    never ends and its latency is never recorded."""
+    only_v1 = {"risk-llm-v1": ModelPrice(input_per_1k=Decimal(1), output_per_1k=Decimal(1))}
+    obs = make_obs(unpriced_policy="raise", price_table=only_v1)
+    wf = InstrumentedRiskWorkflow(obs, config=WorkflowConfig(canary_share=0.0))  # risk-llm-v2
+    # Whether a missing price may fail the request is the cost policy's call; the
+    # node's own telemetry must not depend on it.
+    with contextlib.suppress(ValueError):
+        await wf.run(make_request(APPROVE, "req-unpriced"))
+    assert await obs.aflush()
+    assert "risk_scoring" in {s.name for s in obs.tracing.finished_spans()}
+    assert "risk_scoring" in {labels["node"] for labels, _ in
+                              series(obs, "node_execution_latency")}

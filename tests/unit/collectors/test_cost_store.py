@@ -1,0 +1,257 @@
+"""Tests for :mod:`collectors.cost`: exact Decimal aggregates, the request map, budgets.
+
+The cost collector is driven with :class:`CostRecord` messages; its budget
+events go to two small sink collectors standing in for metrics and audit.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from collectors.base import Collector
+from collectors.cost import CostStoreCollector, ResetRecord
+from collectors.records import AuditRecord, Batch, CostRecord, MetricRecord
+
+JOIN = 10.0
+
+
+class Sink(Collector[list[Any]]):
+    """Keeps every record it receives."""
+
+    def _new_store(self) -> list[Any]:
+        return []
+
+    def _apply(self, record: Any) -> None:
+        self._store.append(record)
+
+
+class HeldCost(CostStoreCollector):
+    """A cost collector whose thread can be held inside ``_apply``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        super().__init__(**kwargs)
+
+    def _apply(self, record: Any) -> None:
+        if record == "hold":
+            self.entered.set()
+            if not self.release.wait(JOIN):
+                raise TimeoutError("never released")
+            return
+        super()._apply(record)
+
+
+def cost(tenant: str, amount: str, *, model: str = "m1", request: str | None = None,
+         priced: bool = True, tokens: tuple[int, int] = (10, 20)) -> CostRecord:
+    return CostRecord(tenant, request, model, tokens[0], tokens[1], Decimal(amount), priced, 0)
+
+
+class Rig:
+    """A started cost collector with metrics and audit sinks; all stopped at teardown."""
+
+    def __init__(self) -> None:
+        self.collectors: list[Collector[Any]] = []
+        self.metrics = self._start(Sink("metrics"))
+        self.audit = self._start(Sink("audit"))
+
+    def _start(self, collector: Any) -> Any:
+        self.collectors.append(collector)
+        collector.start()
+        return collector
+
+    def cost(self, cls: type[CostStoreCollector] = CostStoreCollector,
+             **kwargs: Any) -> Any:
+        return self._start(cls(metrics=self.metrics, audit=self.audit, **kwargs))
+
+    def emitted(self, collector: CostStoreCollector) -> tuple[list[Any], list[Any]]:
+        """Flush cost first, then the sinks (the pipeline's staged order)."""
+        assert collector.request_flush().result(JOIN)
+        assert self.metrics.request_flush().result(JOIN)
+        assert self.audit.request_flush().result(JOIN)
+        return list(self.metrics.query(tuple)), list(self.audit.query(tuple))
+
+    def close(self) -> None:
+        for collector in self.collectors:
+            if isinstance(collector, HeldCost):
+                collector.release.set()
+            collector.stop(JOIN)
+
+
+@pytest.fixture
+def rig() -> Iterator[Rig]:
+    r = Rig()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+# --- exact totals ------------------------------------------------------------------------
+
+
+def test_totals_are_exact_decimals_per_tenant_model_and_pair(rig: Rig) -> None:
+    collector = rig.cost()
+    for _ in range(10):
+        collector.send(cost("t1", "0.1", model="m1"))
+    collector.send(Batch((cost("t1", "0.0000001", model="m2"), cost("t2", "2", model="m1"))), 2)
+    collector.send(cost("t2", "0", model="unknown", priced=False))
+    snap = collector.snapshot(JOIN)
+    assert snap.total == Decimal("3.0000001")
+    assert type(snap.total) is Decimal
+    assert snap.by_tenant == {"t1": Decimal("1.0000001"), "t2": Decimal("2")}
+    assert snap.by_model == {"m1": Decimal("3.0"), "m2": Decimal("0.0000001"),
+                             "unknown": Decimal("0")}
+    assert snap.by_tenant_model[("t1", "m1")] == Decimal("1.0")  # not 0.9999999999999999
+    assert snap.unpriced == {"unknown": 1}
+    usage = snap.usage["t1"]
+    assert (usage.generations, usage.input_tokens, usage.output_tokens) == (11, 110, 220)
+    assert snap.usage["t2"].generations == 2
+    assert collector.tenant_cost("t1") == Decimal("1.0000001")
+    assert collector.tenant_cost("nobody") == Decimal("0")
+    assert collector.model_cost("m2") == Decimal("0.0000001")
+    assert collector.total_cost() == Decimal("3.0000001")
+
+
+_amounts = st.decimals(min_value=0, max_value=1000, places=8, allow_nan=False,
+                       allow_infinity=False)
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(st.lists(st.tuples(st.sampled_from(["t1", "t2", "t3"]), st.sampled_from(["m1", "m2"]),
+                          _amounts), min_size=1, max_size=200))
+def test_any_costs_in_any_order_sum_exactly(entries: list[tuple[str, str, Decimal]]) -> None:
+    collector = CostStoreCollector()
+    collector.start()
+    try:
+        for tenant, model, amount in entries:
+            collector.send(CostRecord(tenant, None, model, 1, 1, amount, True, 0))
+        snap = collector.snapshot(JOIN)
+        assert snap.total == sum((a for _, _, a in entries), Decimal(0))
+        for tenant in {t for t, _, _ in entries}:
+            assert snap.by_tenant[tenant] == sum(
+                (a for t, _, a in entries if t == tenant), Decimal(0))
+        for model in {m for _, m, _ in entries}:
+            assert snap.by_model[model] == sum(
+                (a for _, m, a in entries if m == model), Decimal(0))
+        assert sum(snap.by_tenant_model.values(), Decimal(0)) == snap.total
+    finally:
+        collector.stop(JOIN)
+
+
+# --- per request and its bound ------------------------------------------------------
+
+
+def test_request_costs_are_tracked_and_the_map_is_bounded(rig: Rig) -> None:
+    collector = rig.cost(max_tracked_requests=3)
+    for i in range(1, 6):
+        collector.send(cost("t", f"0.{i}", request=f"r{i}"))
+    collector.send(cost("t", "0.05", request="r5"))  # adding to a tracked request evicts nothing
+    collector.send(cost("t", "1"))  # no request id: not tracked
+    snap = collector.snapshot(JOIN)
+    assert (snap.requests_tracked, snap.requests_evicted) == (3, 2)
+    assert collector.request_cost("r1") is None  # oldest evicted first
+    assert collector.request_cost("r2") is None
+    assert collector.request_cost("r3") == Decimal("0.3")
+    assert collector.request_cost("r5") == Decimal("0.55")
+    assert snap.total == Decimal("2.55")  # eviction never touches the totals
+
+
+def test_a_request_bound_below_one_is_refused() -> None:
+    with pytest.raises(ValueError, match="max_tracked_requests"):
+        CostStoreCollector(max_tracked_requests=0)
+
+
+# --- reset ---------------------------------------------------------------------------
+
+
+def test_reset_is_ordered_with_the_records_around_it(rig: Rig) -> None:
+    collector = rig.cost()
+    collector.send(cost("t", "1", request="before"))
+    collector.send(cost("t", "2"))
+    assert collector.send_control(ResetRecord())
+    collector.send(cost("t", "0.25", request="after"))
+    snap = collector.snapshot(JOIN)
+    assert snap.total == Decimal("0.25")
+    assert snap.by_tenant == {"t": Decimal("0.25")}
+    assert collector.request_cost("before") is None
+    assert collector.request_cost("after") == Decimal("0.25")
+    assert collector.stats().applied == 4  # the reset counts as a record
+
+
+def test_reset_passes_a_full_queue_and_keeps_its_place(rig: Rig) -> None:
+    collector = rig.cost(cls=HeldCost, maxsize=4)
+    collector.send("hold")
+    assert collector.entered.wait(JOIN)
+    sent = [collector.send(cost("t", "1")) for _ in range(6)]
+    assert sent == [True] * 4 + [False] * 2
+    assert collector.send_control(ResetRecord())  # past the bound
+    assert not collector.send(cost("t", "7"))  # records are still refused
+    collector.release.set()
+    snap = collector.snapshot(JOIN)
+    assert snap.total == Decimal("0")  # the four queued costs came before the reset
+    stats = collector.stats()
+    assert dict(stats.dropped) == {"queue_full": 3}
+    assert stats.applied + stats.dropped_total == 1 + 6 + 1 + 1
+
+
+# --- budgets ---------------------------------------------------------------------------
+
+
+def test_each_threshold_crossing_emits_one_metric_and_one_audit_event(rig: Rig) -> None:
+    collector = rig.cost(budgets={"t": Decimal("10")})
+    for amount in ("5", "2.99", "0.01", "1", "1", "5"):  # 7.99, 8.00 (0.8), 10.00 (1.0), 15
+        collector.send(cost("t", amount, request="req-1"))
+    collector.send(cost("no-budget", "1000"))
+    metrics, audit = rig.emitted(collector)
+    assert metrics == [
+        MetricRecord("budget_threshold_crossed", (("tenant_id", "t"), ("threshold", "0.8")), 1),
+        MetricRecord("budget_threshold_crossed", (("tenant_id", "t"), ("threshold", "1.0")), 1),
+    ]
+    assert [type(e) for e in audit] == [AuditRecord, AuditRecord]
+    assert [e.event for e in audit] == ["budget.threshold_crossed"] * 2
+    assert [e.data["threshold"] for e in audit] == ["0.8", "1.0"]
+    assert [e.data["spent_usd"] for e in audit] == ["8.00", "10.00"]
+    assert audit[0].data["budget_usd"] == "10" and audit[0].data["request_id"] == "req-1"
+    status = collector.snapshot(JOIN).budgets["t"]
+    assert status.thresholds_crossed == (Decimal("0.8"), Decimal("1.0"))
+    assert status.spent == Decimal("15.00") and status.over_budget
+    assert status.fraction == Decimal("1.5")
+    assert set(collector.snapshot(JOIN).budgets) == {"t"}
+
+
+def test_one_record_crossing_several_thresholds_emits_each_once(rig: Rig) -> None:
+    collector = rig.cost(budgets={"t": Decimal("1")},
+                         budget_thresholds=(Decimal("1.0"), Decimal("0.5"), Decimal("0.8")))
+    collector.send(cost("t", "3"))
+    collector.send(cost("t", "3"))
+    metrics, audit = rig.emitted(collector)
+    assert [dict(m.labels)["threshold"] for m in metrics] == ["0.5", "0.8", "1.0"]
+    assert len(audit) == 3
+
+
+def test_reset_rearms_the_thresholds(rig: Rig) -> None:
+    collector = rig.cost(budgets={"t": Decimal("1")}, budget_thresholds=(Decimal("1"),))
+    collector.send(cost("t", "1"))
+    collector.send_control(ResetRecord())
+    collector.send(cost("t", "0.5"))
+    collector.send(cost("t", "0.5"))
+    metrics, audit = rig.emitted(collector)
+    assert len(metrics) == len(audit) == 2
+    assert collector.snapshot(JOIN).budgets["t"].thresholds_crossed == (Decimal("1"),)
+
+
+def test_budget_events_dropped_downstream_are_counted_there(rig: Rig) -> None:
+    rig.metrics.stop(JOIN)  # metrics no longer accepts: the event is dropped, not lost
+    collector = rig.cost(budgets={"t": Decimal("1")}, budget_thresholds=(Decimal("1"),))
+    collector.send(cost("t", "1"))
+    assert collector.request_flush().result(JOIN)
+    assert dict(rig.metrics.stats().dropped) == {"closed": 1}
+    assert collector.stats().alive

@@ -1,0 +1,44 @@
+"""Smoke test of ``python -m benchmarks``: a quick run writes a report (never a speed check).
+
+Runs the cheapest benchmark (``exposition``: it needs only prometheus_client,
+a dev dependency) in a subprocess with ``--quick`` and checks that the report
+has its result table, its target line and the machine section.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.timeout(180)
+def test_quick_run_writes_report_with_table_and_machine_section(tmp_path: Path) -> None:
+    out = tmp_path / "PERF.md"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+    )
+
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--only", "exposition",
+         "--out", str(out)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=170, check=False,
+    )
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    report = out.read_text(encoding="utf-8")
+    assert "# Performance" in report
+    assert "(`exposition`)" in report
+    assert "| variant | time per scrape (ms) |" in report
+    assert "prometheus_client `generate_latest(registry)`" in report
+    assert "| exposition |" in report  # the targets table
+    assert "## Machine" in report
+    for label in ("| CPU |", "| Cores |", "| Memory |", "| Python |", "| Packages |",
+                  "| Date (UTC) |"):
+        assert label in report
