@@ -21,6 +21,9 @@ __all__ = ("AuditRedactor", "AuditStore", "AuditStoreCollector")
 
 AuditRedactor = Callable[[AuditRecord], AuditRecord]
 
+#: Keys the log call uses itself; a field with one of these names is renamed.
+_RESERVED = frozenset({"event", "audit", "timestamp"})
+
 
 class AuditStore:
     """Recent audit events. Owned by one :class:`AuditStoreCollector` thread."""
@@ -66,8 +69,10 @@ class AuditStoreCollector(Collector[AuditStore]):
         """Log and keep one audit event. Collector thread only."""
         if self._redactor is not None:
             record = self._redactor(record)
-        self._log.info(record.event, audit=True, timestamp=record.time.isoformat(),
-                       **dict(record.fields))
+        fields = {
+            (f"field_{key}" if key in _RESERVED else key): value for key, value in record.fields
+        }
+        self._log.info(record.event, audit=True, timestamp=record.time.isoformat(), **fields)
         store = self._store
         if len(store.events) == self._capacity:
             store.evicted += 1

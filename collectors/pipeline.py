@@ -167,8 +167,8 @@ class Pipeline:
         Returns:
             A :class:`FlushResult`; truthy only if complete.
         """
+        deadline = time.monotonic() + _check_timeout(timeout)
         started = time.perf_counter()
-        deadline = time.monotonic() + max(timeout, 0.0)
         if self._state is not PipelineState.RUNNING:
             return self._result(started, complete=self._state is PipelineState.CLOSED)
         for stage in self._stages:
@@ -183,8 +183,8 @@ class Pipeline:
 
     async def aflush(self, timeout: float = 5.0) -> FlushResult:
         """Async :meth:`flush`: awaits instead of blocking; works on any event loop."""
+        deadline = time.monotonic() + _check_timeout(timeout)
         started = time.perf_counter()
-        deadline = time.monotonic() + max(timeout, 0.0)
         if self._state is not PipelineState.RUNNING:
             return self._result(started, complete=self._state is PipelineState.CLOSED)
         loop = asyncio.get_running_loop()
@@ -226,9 +226,9 @@ class Pipeline:
         Returns:
             A :class:`FlushResult` describing the final drain.
         """
+        budget = _check_timeout(self._close_timeout if timeout is None else timeout)
         started = time.perf_counter()
-        budget = self._close_timeout if timeout is None else timeout
-        deadline = time.monotonic() + max(budget, 0.0)
+        deadline = time.monotonic() + budget
         with self._lifecycle_lock:
             if self._state is PipelineState.CLOSED:
                 return self._result(started, complete=True)
@@ -275,6 +275,26 @@ class Pipeline:
             state=self._state,
             collectors=MappingProxyType({n: c.stats() for n, c in self._collectors.items()}),
         )
+
+
+#: The longest wait any flush or close accepts (a day): every wait has a deadline.
+_MAX_TIMEOUT = 86_400.0
+
+
+def _check_timeout(timeout: object) -> float:
+    """Validate a flush/close ``timeout``: a finite number of seconds; negatives mean 0.
+
+    Raises:
+        TypeError: Not a number.
+        ValueError: NaN, infinite or larger than a day.
+    """
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds, got {type(timeout).__name__}")
+    if timeout != timeout or timeout > _MAX_TIMEOUT:
+        raise ValueError(
+            f"timeout must be a finite number of seconds up to {_MAX_TIMEOUT:g}, got {timeout!r}"
+        )
+    return max(float(timeout), 0.0)
 
 
 def _flush_stages(collectors: Mapping[str, Collector[Any]]) -> tuple[tuple[str, ...], ...]:

@@ -372,8 +372,14 @@ class TracingService:
         """
         if type(name) is not str or not name:
             raise ValueError("span name must be a non-empty str")
-        if kind not in _KINDS:
-            raise ValueError(f"span kind must be one of {sorted(_KINDS)}, got {kind!r}")
+        if type(kind) is not str or kind not in _KINDS:
+            raise (ValueError if isinstance(kind, str) else TypeError)(
+                f"span kind must be one of {sorted(_KINDS)}, got {kind!r}"
+            )
+        if parent is not None and type(parent) is not Span and type(parent) is not SpanContext:
+            raise TypeError(f"parent must be a Span or SpanContext, got {type(parent).__name__}")
+        if attributes is not None and not isinstance(attributes, Mapping):
+            raise TypeError(f"attributes must be a mapping, got {type(attributes).__name__}")
         if parent is None and not root:
             parent = self._current.get()
         if (type(parent) is Span and tenant_id is None and correlation_id is None
@@ -445,6 +451,10 @@ class TracingService:
             raise TypeError(f"end_span needs a Span, got {type(span).__name__}")
         if span.end_ns:
             raise RuntimeError(f"span {span.name!r} has already ended")
+        if status is not None and (type(status) is not str or status not in _STATUSES):
+            raise ValueError(f"status must be one of {sorted(_STATUSES)}, got {status!r}")
+        if error is not None and not isinstance(error, BaseException):
+            raise TypeError(f"error must be an exception, got {type(error).__name__}")
         span.end_ns = span.start_ns + (time.perf_counter_ns() - span._perf_start)
         error_type = error_message = None
         if error is not None:
@@ -452,8 +462,6 @@ class TracingService:
             error_type = _qualname(error)
             error_message = str(error)[:_MAX_ERROR_MESSAGE]
         if status is not None:
-            if status not in _STATUSES:
-                raise ValueError(f"status must be one of {sorted(_STATUSES)}, got {status!r}")
             span.status = status
         elif span.status == "unset":
             span.status = "ok"
@@ -470,7 +478,7 @@ class TracingService:
             type(parent) is SpanContext and parent.remote,
         )
         outbox = span.outbox
-        if outbox is None:
+        if outbox is None or not outbox.open:  # not batched, or ending after its root
             if span.sampled and self._collector is not None:
                 self._collector.send(record)
         else:
@@ -485,8 +493,7 @@ class TracingService:
 
     def send_outbox(self, outbox: Outbox) -> None:
         """Enqueue everything in ``outbox`` (one batch per collector) and empty it."""
-        spans, metrics, costs = outbox.spans, outbox.metrics, outbox.costs
-        outbox.spans, outbox.metrics, outbox.costs = [], [], []
+        spans, metrics, costs = _take(outbox.spans), _take(outbox.metrics), _take(outbox.costs)
         if spans and self._collector is not None:
             self._collector.send(Batch(tuple(spans)), len(spans))
         if metrics and self._metrics is not None:
@@ -565,6 +572,18 @@ class TracingService:
         if isinstance(trace_id, str):
             trace_id = int(trace_id, 16)
         return self._collector.spans(trace_id=trace_id, tenant_id=tenant_id)
+
+
+def _take(items: list[Any]) -> list[Any]:
+    """Remove and return the first ``len(items)`` items.
+
+    Another thread of the run may append meanwhile; what it appends after the
+    length was read stays in the list (``del`` of a prefix is one atomic step).
+    """
+    count = len(items)
+    taken = items[:count]
+    del items[:count]
+    return taken
 
 
 def _reseed(ref: weakref.ref[TracingService]) -> None:

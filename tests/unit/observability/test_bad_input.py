@@ -16,8 +16,7 @@ any other exception fails the test.
 
 One container serves all examples of a test (hypothesis runs the inner
 function many times; the container is created outside ``@given``).
-Tests named ``test_bug_*`` pin defects reported to the lead in files not
-edited here.
+Docstrings marked "Regression" describe defects found and fixed.
 """
 
 from __future__ import annotations
@@ -410,8 +409,8 @@ _TIMEOUT_IDS = ("nan", "inf", "negative", "zero", "str", "None", "huge-int", "li
 
 
 @pytest.mark.parametrize("timeout", _TIMEOUTS, ids=_TIMEOUT_IDS)
-def test_bug_flush_timeout_is_validated(obs: Observability, timeout: Any) -> None:
-    """Reported: ``collectors/pipeline.py`` ``flush`` feeds ``timeout`` to ``max()``
+def test_flush_timeout_is_validated(obs: Observability, timeout: Any) -> None:
+    """Regression: ``collectors/pipeline.py`` ``flush`` feeds ``timeout`` to ``max()``
     and ``wait()`` unchecked: ``inf`` raises ``OverflowError`` (timestamp out of
     range), a str or list a ``TypeError`` that does not name ``timeout``."""
     obs.metrics.increment("request_count", tenant_id="t1")
@@ -425,10 +424,10 @@ def test_bug_flush_timeout_is_validated(obs: Observability, timeout: Any) -> Non
 
 
 @pytest.mark.parametrize("timeout", _TIMEOUTS, ids=_TIMEOUT_IDS)
-def test_bug_close_with_a_bad_timeout_still_stops_every_collector(
+def test_close_with_a_bad_timeout_still_stops_every_collector(
     obs: Observability, timeout: Any
 ) -> None:
-    """Reported: ``collectors/pipeline.py`` ``close`` marks the pipeline CLOSED,
+    """Regression: ``collectors/pipeline.py`` ``close`` marks the pipeline CLOSED,
     then ``Collector.stop`` calls ``thread.join(nan)`` (``ValueError``) or
     ``max(str, float)`` fails: the exception escapes, collector threads keep
     running and accepting records, and every later ``close()`` is a no-op."""

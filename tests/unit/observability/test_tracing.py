@@ -2,8 +2,7 @@
 
 Finished spans are read back from the trace collector (``finished_spans``),
 which answers after every span the reading thread sent before the call.
-Tests whose name starts with ``test_bug_`` pin defects reported to the lead
-(``tracing.py`` is not edited here); they fail until those are fixed.
+Docstrings marked "Regression" describe defects found and fixed.
 """
 
 from __future__ import annotations
@@ -587,10 +586,10 @@ async def test_batched_run_collects_descendants_in_tasks_and_threads(
         "task-node", "thread-node", "workflow"]
 
 
-def test_bug_batched_child_ending_after_the_root_is_recorded(obs: Observability) -> None:
+def test_batched_child_ending_after_the_root_is_recorded(obs: Observability) -> None:
     """A descendant that ends after its batched root must still be recorded.
 
-    Reported: ``tracing.py`` ``end_span_sync`` appends the late child's record
+    Regression: ``tracing.py`` ``end_span_sync`` appends the late child's record
     to the root's outbox, which was closed and sent when the root ended, and
     nothing sends it again: the span is lost and not counted as dropped.
     """
@@ -647,7 +646,7 @@ def test_span_buffer_is_bounded_and_counts_evictions(make_obs: MakeObs) -> None:
     assert evicted["value"] == 2
 
 
-# --- reported defects: bad argument types -------------------------------------------
+# --- bad argument types -------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -659,19 +658,19 @@ def test_span_buffer_is_bounded_and_counts_evictions(make_obs: MakeObs) -> None:
     ],
     ids=["unhashable-kind", "int-parent", "list-attributes"],
 )
-def test_bug_start_span_bad_argument_types_raise_type_error_naming_the_field(
+def test_start_span_bad_argument_types_raise_type_error_naming_the_field(
     obs: Observability, kwargs: dict[str, Any], field: str
 ) -> None:
-    """Reported: ``tracing.py`` ``start_span_sync`` does not check these types."""
+    """Regression: ``tracing.py`` ``start_span_sync`` does not check these types."""
     with pytest.raises(TypeError, match=field):
         obs.tracing.start_span_sync("s", **kwargs)
     assert obs.tracing.current_span() is None
 
 
-def test_bug_end_span_with_a_bad_status_leaves_the_span_open(obs: Observability) -> None:
+def test_end_span_with_a_bad_status_leaves_the_span_open(obs: Observability) -> None:
     """An invalid ``status`` must be refused *before* the span is marked ended.
 
-    Reported: ``tracing.py`` ``end_span_sync`` sets ``end_ns`` (and records the
+    Regression: ``tracing.py`` ``end_span_sync`` sets ``end_ns`` (and records the
     error) before it validates ``status``; the span is then neither recorded
     nor endable again ("already ended") and stays current.
     """

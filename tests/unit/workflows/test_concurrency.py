@@ -195,7 +195,7 @@ async def check_exact_totals(
     assert obs.costs.get_total_cost() == expected_total
     assert sum((c for c in recorded.values() if c is not None), Decimal(0)) == expected_total
     snapshot = obs.costs.snapshot()
-    assert {t: c for t, c in snapshot.by_tenant.items()} == dict(tenant_costs)
+    assert dict(snapshot.by_tenant) == dict(tenant_costs)
 
     workflows = [s for s in obs.tracing.finished_spans() if s.kind == "workflow"]
     assert len(workflows) == len(runs)
