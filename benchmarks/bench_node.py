@@ -26,6 +26,7 @@ import cProfile
 import pstats
 import time
 from collections.abc import Callable, Mapping
+from typing import Any
 
 from benchmarks._harness import (
     BenchResult,
@@ -42,6 +43,7 @@ from benchmarks._harness import (
     fmt_us,
     thread_cpu_ns,
 )
+from benchmarks._prototypes import AggregatingCounter, PrototypeTracer, one_wake_per_linger
 
 NAME = "node"
 TITLE = "One node's instrumentation"
@@ -79,15 +81,24 @@ def run(quick: bool) -> BenchResult:
             ],
             rounds=rounds,
         )
+        part_nodes = nodes // 2
+        tracer, counter = PrototypeTracer(), AggregatingCounter()
         parts = alternate(
             [
-                Variant("span", _component_round(obs, nodes, "span")),
-                Variant("increment", _component_round(obs, nodes, "increment")),
-                Variant("observe_latency", _component_round(obs, nodes, "observe")),
-                Variant("paused", _paused_round(Observability, ObservabilitySettings, nodes)),
-                Variant("bare", _bare_round(nodes)),
+                Variant("span", _component_round(obs, part_nodes, "span")),
+                Variant("increment", _component_round(obs, part_nodes, "increment")),
+                Variant("observe_latency", _component_round(obs, part_nodes, "observe")),
+                Variant("paused", _paused_round(Observability, ObservabilitySettings,
+                                                part_nodes)),
+                Variant("proto_span", _component_round(obs, part_nodes, "span",
+                                                       span_fn=tracer.span)),
+                Variant("proto_increment", _component_round(
+                    obs, part_nodes, "increment", increment_fn=counter.increment)),
+                Variant("ours_node", _ours_round(obs, part_nodes)),
+                Variant("ours_node_wake_patch", _patched(_ours_round(obs, part_nodes))),
+                Variant("bare", _bare_round(part_nodes)),
             ],
-            rounds=rounds,
+            rounds=max(3, rounds - 2),
         )
         profile = _profile_caller(obs, nodes)
         dropped = obs.health().dropped_total
@@ -187,15 +198,20 @@ def _bare_round(nodes: int) -> Callable[[], Mapping[str, float]]:
     return round_
 
 
-def _component_round(obs: object, nodes: int, part: str) -> Callable[[], Mapping[str, float]]:
-    """One instrumentation call alone per bare node (collectors running)."""
+def _component_round(
+    obs: object, nodes: int, part: str, *, span_fn: Any = None, increment_fn: Any = None
+) -> Callable[[], Mapping[str, float]]:
+    """One instrumentation call alone per bare node (collectors running).
+
+    ``span_fn`` / ``increment_fn`` replace ours with a prototype (``_prototypes``).
+    """
     from app.observability import Observability
 
     assert isinstance(obs, Observability)
 
     def round_() -> Mapping[str, float]:
-        span = obs.tracing.span
-        increment = obs.metrics.increment
+        span = span_fn or obs.tracing.span
+        increment = increment_fn or obs.metrics.increment
         observe = obs.metrics.observe_latency
         clock = time.perf_counter_ns
         sink = 0.0
@@ -226,6 +242,16 @@ def _component_round(obs: object, nodes: int, part: str) -> Callable[[], Mapping
         return {"ns": (ended - started) / nodes}
 
     return round_
+
+
+def _patched(round_: Callable[[], Mapping[str, float]]) -> Callable[[], Mapping[str, float]]:
+    """Run ``round_`` with the one-wake-per-linger ``RecordQueue._wake`` prototype."""
+
+    def patched_round() -> Mapping[str, float]:
+        with one_wake_per_linger():
+            return round_()
+
+    return patched_round
 
 
 def _paused_round(
@@ -333,6 +359,7 @@ def _result(
         ),
     )
     bare_parts = parts.stats("bare", "ns").median
+    parts_nodes = nodes // 2
     part_rows = []
     for variant, label in (
         ("span", "`with obs.tracing.span(...)` alone"),
@@ -344,18 +371,30 @@ def _result(
     drain = parts.stats("paused", "drain_ns")
     part_rows.append(("whole node, collectors paused: calling thread only",
                       fmt_stats(paused, fmt_us), parts.gc_summary("paused")))
-    part_rows.append(("… then the collectors applying that backlog (per node)",
+    part_rows.append(("... then the collectors applying that backlog (per node)",
                       fmt_stats(drain, fmt_us), "-"))
+    part_rows.append(("whole node, collectors running (as in the table above)",
+                      fmt_stats(parts.net("ours_node"), fmt_us), parts.gc_summary("ours_node")))
+    part_rows.append(("*prototype*: whole node with one wake-up per linger (`RecordQueue._wake`)",
+                      fmt_stats(parts.net("ours_node_wake_patch"), fmt_us),
+                      parts.gc_summary("ours_node_wake_patch")))
+    part_rows.append(("*prototype*: span as its own context manager, queued as-is",
+                      fmt_stats(parts.net("proto_span"), fmt_us), parts.gc_summary("proto_span")))
+    part_rows.append(("*prototype*: `increment` aggregated in a per-thread dict",
+                      fmt_stats(parts.net("proto_increment"), fmt_us),
+                      parts.gc_summary("proto_increment")))
     breakdown = Table(
         title="Where our per-node time goes (µs per node, minus a bare node of "
               f"{fmt_us(bare_parts)} µs)",
         headers=("part", "µs per node", "GC per round (gen0/1/2)"),
         rows=tuple(part_rows),
         note=(
-            "Each part alone, collectors running, alternating with the others. The paused"
-            " rows build the container with `start=False`: the calling thread pays only for"
-            " building and queueing records; starting and flushing it then measures the"
-            " collector threads' share."
+            f"{fmt_int(parts_nodes)} nodes per round, {parts.rounds} alternating rounds. Each"
+            " part alone, collectors running. The paused rows build the container with"
+            " `start=False`: the calling thread pays only for building and queueing records;"
+            " starting and flushing it then measures the collector threads' share. The"
+            " *prototype* rows measure proposed designs (`benchmarks/_prototypes.py`, not"
+            " product code): see the analysis below."
         ),
     )
     profile_table = Table(
@@ -401,35 +440,45 @@ def _analysis(ours_ns: float, anchor_ns: float, parts: Runs) -> str:
 **Why the target is missed, and what would fix it.** The 10x target leaves
 {fmt_float(budget)} µs per node; we spend {fmt_us(ours_ns)} µs. Alone, the span costs
 {fmt_float(part("span"))} µs, `increment` {fmt_float(part("increment"))} µs and
-`observe_latency` {fmt_float(part("observe_latency"))} µs; with the collectors paused the calling
-thread pays {fmt_float(part("paused"))} µs,
-and the collector threads then need {fmt_float(drain)} µs per node to apply the three records
-(metrics store incl. the quantile sketch, trace ring buffer incl. the span redactor). On a
-2-core machine with the GIL, work moved to a collector thread is not free: it is serialised
-with the caller, so it shows up in the caller's loop. Per record we pay a record tuple, a
-queue offer, a wake-up every few hundred records, and a Python-level apply on the other side.
+`observe_latency` {fmt_float(part("observe_latency"))} µs (collectors running). With the
+collectors paused the calling thread pays {fmt_float(part("paused"))} µs per node, and the
+collector threads then need {fmt_float(drain)} µs per node to apply its three records (a
+counter, a histogram observation with its quantile sketch, a span into the ring buffer via the
+redactor). On this 2-core machine the collectors' Python work holds the GIL, so it is paid
+inside the caller's loop: the *CPU* column shows both shares. The calling thread's share is
+the larger one: a span is `SpanScope` + `**kwargs` re-dispatch into `start_span_sync`
+(validation, attribute dict, id from the PRNG, `Span` with 17 slots, context-variable set),
+then `end_span_sync` (status logic, context reset, a 13-field `SpanRecord`, two tuple
+copies, a queue offer); each metric call builds a label tuple and a `MetricRecord` and offers
+it. While a collector lingers for a batch, every offer past its wake threshold also takes the
+queue mutex and calls `Condition.notify()` (`RecordQueue._wake`), until that collector gets
+the GIL: measured at ~2.5 wake calls per node (of 3 offers).
 
 Design changes, in order of payoff (for the lead; `app/` and `collectors/` are not touched here):
 
 1. **Aggregate counters and histograms on the producer side** instead of shipping one
-   `MetricRecord` per call: a per-thread (or per-task-context) accumulator
-   `dict[(metric, labels)] -> value` / bucket array that the metrics collector swaps out and
-   merges on each drain, flush or snapshot (ownership passes with the swap, like a
-   double-buffered outbox). `increment`/`observe_latency` then cost a dict lookup and an add
-   (prometheus_client's own `inc()` is ~1 µs *with* a lock), and the collector does one merge per
-   series per drain instead of one apply per call. Expected: both metric calls well under
-   0.5 µs caller-side and near zero collector-side.
-2. **Make the span cheaper to open and close**: let `Span` be its own context manager
-   (drop `SpanScope` and the `**kwargs` re-dispatch into `start_span_sync`), send the ended
-   `Span` itself (its slots are no longer written after end) instead of building a
-   13-field `SpanRecord` on the caller, and move the redaction of a span's attributes out of
-   the hot path for spans without attributes (the redactor currently runs per span).
-3. **Batch per producer**: node spans inside a workflow run already travel in the run's
-   outbox (`batch=True` root); extending that to the metrics facade (append to the current
-   outbox when there is one, as `log_generation_sync` does) divides queue offers and
-   wake-ups by the run's record count.
+   `MetricRecord` per call: a per-thread accumulator `dict[(metric, labels)] -> value` (and a
+   bucket-count array per histogram series) that the metrics collector swaps out and merges on
+   each drain, flush and snapshot (ownership passes with the swap, like the run outbox). The
+   prototype (`increment` into a thread-local dict) measured {fmt_float(part("proto_increment"))} µs
+   in this run against {fmt_float(part("increment"))} µs for today's call, and the collector
+   merges once per series per drain instead of applying once per call.
+2. **A cheaper span**: make `Span` its own context manager (drop `SpanScope` and the `**kwargs`
+   re-dispatch), keep only what the record needs, and send the ended `Span` object itself
+   (its slots are no longer written after `end`) so the collector builds the `SpanRecord`.
+   The prototype (ids, clocks, context variable, queue append) measured
+   {fmt_float(part("proto_span"))} µs for start+end in this run against
+   {fmt_float(part("span"))} µs today (the collector would then build the record).
+3. **One wake-up per linger, not one per offer**: in `RecordQueue._wake`, after notifying
+   set `self._wake_at = _NEVER` (the consumer republishes its threshold under the mutex before
+   its next wait, so no wake-up is lost). With the patched `_wake` the whole node measured
+   {fmt_float(part("ours_node_wake_patch"))} µs against {fmt_float(part("ours_node"))} µs
+   unpatched in this run (in a separate count, wake calls per node fell from ~2.5 to ~0).
+4. **Batch per producer**: extend the run outbox (`batch=True` roots) to the metrics facade
+   (append to the current outbox when there is one, as `log_generation_sync` does), which
+   divides queue offers and wake-ups by the run's record count.
 
-Even with all three, an instrumented node in pure Python stays around 2-3 µs (a span needs
-two clock reads, an id, a context-variable set/reset and one record); a 10x margin over
-OTel + prometheus_client (≈{fmt_us(anchor_ns)} µs here) is reachable only with (1) and (2)
-together."""
+With (1) and (2) a node costs roughly the prototype span plus two aggregated metric calls on
+the caller ({fmt_float(part("proto_span") + 2 * part("proto_increment"))} µs here) plus the
+collector building one span record, which is the order of the {fmt_float(budget)} µs budget;
+(3) and (4) help every path but cannot reach 10x alone."""

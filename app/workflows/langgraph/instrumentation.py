@@ -30,6 +30,7 @@ cost) when it ends -- see ``docs/PERFORMANCE.md`` for the measured overhead.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 from collections.abc import Awaitable, Callable, Mapping
@@ -114,10 +115,14 @@ class WorkflowInstrumentation:
         return sync_node
 
     def _after_node(self, span: Span, name: str, result: Any) -> None:
-        if type(result) is dict:
-            call = result.get("llm_call")
-            if type(call) is LLMCall:
-                self._log_generation(span, call)
+        try:
+            if type(result) is dict:
+                call = result.get("llm_call")
+                if type(call) is LLMCall:
+                    self._log_generation(span, call)
+        except BaseException as exc:  # the node's span and latency end either way
+            self._node_failed(span, name, exc)
+            raise
         self._end_node(span, name, "ok", None)
 
     def _log_generation(self, span: Span, call: LLMCall) -> None:
@@ -165,6 +170,7 @@ class WorkflowInstrumentation:
         invoke: Callable[[], Awaitable[RiskState]],
         *,
         parent_headers: Mapping[str, str] | None = None,
+        resumed: bool = False,
     ) -> RiskState:
         """Run ``invoke()`` for ``request`` inside an instrumented workflow span.
 
@@ -173,6 +179,8 @@ class WorkflowInstrumentation:
             invoke: Runs the graph and returns the final state.
             parent_headers: Incoming headers with a W3C ``traceparent`` to
                 continue a caller's trace.
+            resumed: The run resumes a paused request: the request, its
+                approval and a HIGH_RISK routing were already counted.
 
         Returns:
             The final state.
@@ -196,11 +204,11 @@ class WorkflowInstrumentation:
             error = exc
             raise
         finally:
-            self._finish_run(root, request, state, error)
+            self._finish_run(root, request, state, error, resumed)
 
     def _finish_run(
         self, root: Span, request: RiskRequest, state: RiskState | None,
-        error: BaseException | None,
+        error: BaseException | None, resumed: bool = False,
     ) -> None:
         tenant = request.tenant_id
         status = "ok"
@@ -224,15 +232,15 @@ class WorkflowInstrumentation:
             if state.decision is not None:
                 root.attributes["decision"] = state.decision
             root.attributes["approval_required"] = state.approval_required
-            if state.high_risk:
+            if state.high_risk and not resumed:
                 self._failures.record(
                     FailureCategory.HIGH_RISK, tenant_id=tenant,
                     correlation_id=request.correlation_id, request_id=request.request_id,
                     reason="high-risk case routed to approval",
                 )
         latency = root.elapsed_seconds()
-        metrics = [
-            MetricRecord("request_count", (("tenant_id", tenant),), 1),
+        metrics = [] if resumed else [MetricRecord("request_count", (("tenant_id", tenant),), 1)]
+        metrics += [
             MetricRecord("workflow_execution_count", (
                 ("workflow", self._workflow), ("tenant_id", tenant), ("status", status)), 1),
             MetricRecord("request_latency", (
@@ -251,10 +259,9 @@ class WorkflowInstrumentation:
 
 
 def _mark_classified(exc: BaseException, category: FailureCategory) -> None:
-    try:
+    # Exceptions with __slots__ refuse the attribute: they may then count twice.
+    with contextlib.suppress(AttributeError, TypeError):
         setattr(exc, _CLASSIFIED, category.value)
-    except (AttributeError, TypeError):  # exceptions with __slots__: may count twice
-        pass
 
 
 class InstrumentedRiskWorkflow:
@@ -301,7 +308,7 @@ class InstrumentedRiskWorkflow:
         )
         if self.instrumentation is None:
             return await invoke()
-        return await self.instrumentation.run(request, invoke)
+        return await self.instrumentation.run(request, invoke, resumed=True)
 
 
 def build_instrumented_workflow(
