@@ -179,8 +179,9 @@ class WorkflowInstrumentation:
             invoke: Runs the graph and returns the final state.
             parent_headers: Incoming headers with a W3C ``traceparent`` to
                 continue a caller's trace.
-            resumed: The run resumes a paused request: the request, its
-                approval and a HIGH_RISK routing were already counted.
+            resumed: The run resumes a paused request: the request and a
+                HIGH_RISK routing were already counted when it paused (the
+                approval is counted once, when the escalation node completes).
 
         Returns:
             The final state.
