@@ -30,6 +30,7 @@ import statistics
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -186,6 +187,7 @@ class Runs:
     order: tuple[str, ...]
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     gc_per_round: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+    gc_pause: dict[str, list[int]] = field(default_factory=dict)
     rounds: int = 0
     warmup: int = 0
 
@@ -236,11 +238,16 @@ class Runs:
         return ", ".join(f"`{name}` {fmt_us(ns)} µs" for ns, name in parts) or "none"
 
     def gc_summary(self, variant: str) -> str:
-        """Median gen0/gen1/gen2 collections per round, e.g. ``"41/3/0"``."""
+        """Median gen0/gen1/gen2 collections and GC pause per round: ``"41/3/0, 12.5 ms"``."""
         per_round = self.gc_per_round[variant]
-        return "/".join(
+        counts = "/".join(
             fmt_int(statistics.median(r[g] for r in per_round)) for g in range(3)
         )
+        return f"{counts}, {fmt_ms(statistics.median(self.gc_pause[variant]))} ms"
+
+    def gc_pause_per(self, variant: str, units: int) -> float:
+        """Median GC pause per unit of work, in nanoseconds (``units`` per round)."""
+        return statistics.median(self.gc_pause[variant]) / units
 
 
 def alternate(variants: Sequence[Variant], *, rounds: int, warmup: int = 1) -> Runs:
@@ -248,7 +255,9 @@ def alternate(variants: Sequence[Variant], *, rounds: int, warmup: int = 1) -> R
 
     Before each round of each variant the harness runs ``gc.collect()`` (not
     timed) and checks that the garbage collector is enabled; the collections
-    each round triggered are recorded per variant.
+    each round triggered, and their total pause (measured with a
+    ``gc.callbacks`` hook, whichever thread triggered them), are recorded per
+    variant.
 
     Args:
         variants: The variants, in the order they alternate.
@@ -271,22 +280,47 @@ def alternate(variants: Sequence[Variant], *, rounds: int, warmup: int = 1) -> R
     for name in names:
         runs.samples[name] = {}
         runs.gc_per_round[name] = []
-    for index in range(warmup + rounds):
-        for variant in variants:
-            gc.collect()
-            if not gc.isenabled():
-                raise RuntimeError("the garbage collector must stay enabled for every variant")
-            before = gc_collections()
-            measured = variant.run()
-            after = gc_collections()
-            if index < warmup:
-                continue
-            runs.gc_per_round[variant.name].append(
-                (after[0] - before[0], after[1] - before[1], after[2] - before[2])
-            )
-            for key, value in measured.items():
-                runs.samples[variant.name].setdefault(key, []).append(float(value))
+        runs.gc_pause[name] = []
+    pause = _GcPause()
+    gc.callbacks.append(pause.callback)
+    try:
+        for index in range(warmup + rounds):
+            for variant in variants:
+                gc.collect()
+                if not gc.isenabled():
+                    raise RuntimeError(
+                        "the garbage collector must stay enabled for every variant"
+                    )
+                before, paused = gc_collections(), pause.total
+                measured = variant.run()
+                after, paused = gc_collections(), pause.total - paused
+                if index < warmup:
+                    continue
+                runs.gc_per_round[variant.name].append(
+                    (after[0] - before[0], after[1] - before[1], after[2] - before[2])
+                )
+                runs.gc_pause[variant.name].append(paused)
+                for key, value in measured.items():
+                    runs.samples[variant.name].setdefault(key, []).append(float(value))
+    finally:
+        gc.callbacks.remove(pause.callback)
     return runs
+
+
+class _GcPause:
+    """Total time spent in garbage collections, via ``gc.callbacks``."""
+
+    __slots__ = ("started", "total")
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.total = 0
+
+    def callback(self, phase: str, info: Mapping[str, int]) -> None:
+        if phase == "start":
+            self.started = time.perf_counter_ns()
+        else:
+            self.total += time.perf_counter_ns() - self.started
 
 
 # --- results ----------------------------------------------------------------

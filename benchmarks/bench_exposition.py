@@ -246,7 +246,7 @@ def _result(
         title=f"One scrape of {fmt_int(series)} catalog series (mean of {renders} renders per"
               f" round, {runs.rounds} alternating rounds)",
         headers=("variant", "time per scrape (ms)", "ours / prometheus_client",
-                 "speed-up", "GC per round (gen0/1/2)"),
+                 "speed-up", "GC per round: gen0/1/2, pause"),
         rows=tuple(rows),
         note=f"Texts: ours {fmt_int(ours_bytes)} bytes / {fmt_int(ours_lines)} sample lines,"
              f" prometheus_client {fmt_int(prom_bytes)} bytes / {fmt_int(prom_lines)} sample"

@@ -380,7 +380,7 @@ def _result(
         title=f"Per LLM node, {fmt_int(nodes)} nodes per round, {main.rounds} alternating rounds",
         headers=("variant", "time per node (µs)", "instrumentation (µs, minus bare)",
                  "incl. drain (µs, minus bare)", "anchor / ours",
-                 "CPU: calling thread / other threads (µs)", "GC per round (gen0/1/2)"),
+                 "CPU: calling thread / other threads (µs)", "GC per round: gen0/1/2, pause"),
         rows=tuple(rows),
         note=(
             "As in `node`: the calling thread's loop with every background thread running"
@@ -395,7 +395,7 @@ def _result(
     bare = parts.stats("bare", "ns").median
     breakdown = Table(
         title=f"Where our time goes (µs per LLM node, minus a bare node of {fmt_us(bare)} µs)",
-        headers=("part", "µs per node", "GC per round (gen0/1/2)"),
+        headers=("part", "µs per node", "GC per round: gen0/1/2, pause"),
         rows=(
             ("`log_generation_sync(...)` alone (no span), collectors running",
              fmt_stats(parts.net("generation"), fmt_us), parts.gc_summary("generation")),

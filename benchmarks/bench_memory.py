@@ -165,6 +165,7 @@ def _emit(obs: Any, done: int, elapsed: float) -> None:
         "dropped": health.dropped_total,
         "complete": bool(flushed),
         "gc_objects": len(gc.get_objects()),
+        "blocks": sys.getallocatedblocks(),
     }), flush=True)
 
 

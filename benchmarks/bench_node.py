@@ -345,7 +345,7 @@ def _result(
         title=f"Per node, {fmt_int(nodes)} nodes per round, {main.rounds} alternating rounds",
         headers=("variant", "time per node (µs)", "instrumentation (µs, minus bare)",
                  "incl. drain (µs, minus bare)", "anchor / ours",
-                 "CPU: calling thread / other threads (µs)", "GC per round (gen0/1/2)"),
+                 "CPU: calling thread / other threads (µs)", "GC per round: gen0/1/2, pause"),
         rows=tuple(rows),
         note=(
             "*instrumentation* is what the calling thread's loop took per node minus the bare"
@@ -386,7 +386,7 @@ def _result(
     breakdown = Table(
         title="Where our per-node time goes (µs per node, minus a bare node of "
               f"{fmt_us(bare_parts)} µs)",
-        headers=("part", "µs per node", "GC per round (gen0/1/2)"),
+        headers=("part", "µs per node", "GC per round: gen0/1/2, pause"),
         rows=tuple(part_rows),
         note=(
             f"{fmt_int(parts_nodes)} nodes per round, {parts.rounds} alternating rounds. Each"

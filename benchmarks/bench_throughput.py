@@ -69,7 +69,7 @@ def run(quick: bool) -> BenchResult:
     """Measure producer throughput and flush latency (see the module docstring)."""
     from app.observability import Observability, ObservabilitySettings
 
-    total = 12_000 if quick else 60_000
+    total = 12_000 if quick else 40_000
     rounds = 3 if quick else 7
     flushes = 200 if quick else 2_000
     obs = Observability(ObservabilitySettings(drain_at_exit=False))

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collectors.audit import AuditStoreCollector
 from collectors.base import Collector, CollectorState, CollectorStats, OverflowPolicy
 from collectors.cost import BudgetStatus, CostSnapshot, CostStoreCollector, TenantUsage
+from collectors.export import CallableExporter, ExportStats, ExportWorker, SpanExporter
 from collectors.metrics import OVERFLOW_LABELS, MetricsStoreCollector
 from collectors.pipeline import FlushResult, Pipeline, PipelineHealth, PipelineState
 from collectors.trace import TraceStoreCollector
@@ -20,17 +21,21 @@ __all__ = (
     "OVERFLOW_LABELS",
     "AuditStoreCollector",
     "BudgetStatus",
+    "CallableExporter",
     "Collector",
     "CollectorState",
     "CollectorStats",
     "CostSnapshot",
     "CostStoreCollector",
+    "ExportStats",
+    "ExportWorker",
     "FlushResult",
     "MetricsStoreCollector",
     "OverflowPolicy",
     "Pipeline",
     "PipelineHealth",
     "PipelineState",
+    "SpanExporter",
     "TenantUsage",
     "TraceStoreCollector",
 )

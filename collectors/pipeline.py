@@ -219,6 +219,10 @@ class Pipeline:
 
         Records sent after this call are dropped and counted (reason
         ``closed``); so is anything the threads could not apply in time.
+        Collector threads stop first, upstream first; helper threads (span
+        exporters) then get what is left of the budget, so a slow exporter
+        never shortens a collector's drain. Exporter losses are counted by
+        the exporters (``TraceStoreCollector.exporter_stats()``), not here.
 
         Args:
             timeout: Overall bound in seconds (default: ``close_timeout``).
