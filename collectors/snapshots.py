@@ -28,7 +28,8 @@ MetricType = Literal["counter", "gauge", "histogram"]
 
 #: Seconds; spans sub-millisecond node work up to a minute-long request.
 DEFAULT_LATENCY_BUCKETS: tuple[float, ...] = (
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 )
 
 

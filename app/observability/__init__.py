@@ -169,7 +169,9 @@ class Observability:
             sample_ratio=settings.sample_ratio, id_seed=settings.id_seed,
         )
         self.failures = FailureClassifier(metrics=self.metrics, audit=self.audit)
-        self.langfuse = LangfuseClient(tracing=self.tracing, costs=self.costs, metrics=metrics_actor)
+        self.langfuse = LangfuseClient(
+            tracing=self.tracing, costs=self.costs, metrics=metrics_actor
+        )
         self.evaluation = EvaluationService(audit=self.audit, metrics=self.metrics)
         self._server: MetricsServer | None = None
         if start:
