@@ -37,7 +37,7 @@ from app.observability.settings import (
 from app.observability.tracing import Span, SpanContext, TracingService
 from collectors.audit import AuditStoreCollector
 from collectors.cost import CostStoreCollector
-from collectors.export import CallableExporter, SpanExporter
+from collectors.export import CallableExporter, ExportStats, SpanExporter
 from collectors.metrics import MetricsStoreCollector
 from collectors.pipeline import FlushResult, Pipeline, PipelineHealth, PipelineState
 from collectors.trace import TraceStoreCollector
@@ -232,6 +232,12 @@ class Observability:
     async def aclose(self, timeout: float | None = None) -> FlushResult:
         """:meth:`close` without blocking the event loop."""
         return await asyncio.to_thread(self.close, timeout)
+
+    def exporter_stats(self) -> tuple[ExportStats, ...]:
+        """Each span exporter's counts (exported, failed, timed out, dropped, in flight)."""
+        trace = self.pipeline.collectors["trace"]
+        assert isinstance(trace, TraceStoreCollector)
+        return trace.exporter_stats()
 
     def health(self) -> PipelineHealth:
         """Each collector's state, queue depth, applied/dropped counts and errors."""

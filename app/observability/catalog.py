@@ -145,6 +145,12 @@ PIPELINE_METRICS: Mapping[str, MetricSpec] = MappingProxyType({
             label_names=(),
         ),
         MetricSpec(
+            name="spans_exported", prom_name="observability_spans_exported", type="counter",
+            help="Spans handed to a span exporter, by exporter and outcome "
+            "(exported, failed, timed_out, dropped_<reason>).",
+            label_names=("exporter", "outcome"),
+        ),
+        MetricSpec(
             name="series_overflow", prom_name="observability_series_overflow", type="counter",
             help="Records folded into the overflow series by the cardinality cap.",
             label_names=("metric",),

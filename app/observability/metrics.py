@@ -237,6 +237,16 @@ class MetricsCollector:
         if self._traces is not None:
             _, evicted = self._traces.counts(self._read_timeout)
             families.append(_values(specs["spans_evicted"], [((), evicted)]))
+            exported: list[tuple[tuple[tuple[str, str], ...], int]] = []
+            for worker in self._traces.exporter_stats():
+                outcomes = {"exported": worker.exported, "failed": worker.failed,
+                            "timed_out": worker.timed_out}
+                outcomes.update({f"dropped_{r}": n for r, n in worker.dropped.items()})
+                exported.extend(
+                    ((("exporter", worker.name), ("outcome", outcome)), n)
+                    for outcome, n in outcomes.items()
+                )
+            families.append(_values(specs["spans_exported"], exported))
         families.append(_values(specs["series_overflow"], (
             ((("metric", metric),), n) for metric, n in overflowed.items()
         )))

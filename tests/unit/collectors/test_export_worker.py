@@ -541,3 +541,23 @@ def test_exporter_objects_are_passed_to_the_container(obs_with: Any) -> None:
     assert keeper.threads == {"exporter-kept"}
     obs.close(JOIN)
     assert keeper.shutdown_thread == "exporter-kept"
+
+
+def test_exporter_outcomes_are_exported_as_a_metric(obs_with: Any) -> None:
+    keeper = Keeper("kept")
+    obs: Observability = obs_with([keeper], id_seed=1)
+    for name in ("one", "two"):
+        with obs.tracing.span(name):
+            pass
+    assert obs.flush(JOIN)
+    assert obs.pipeline.collectors["trace"].flush_exporters(JOIN)
+
+    (stats,) = obs.exporter_stats()
+    assert (stats.name, stats.exported) == ("kept", 2)
+    series = {
+        tuple(sorted(s["labels"].items())): s["value"]
+        for s in obs.metrics.export_metrics()["spans_exported"]["series"]
+    }
+    assert series[(("exporter", "kept"), ("outcome", "exported"))] == 2
+    assert series[(("exporter", "kept"), ("outcome", "failed"))] == 0
+    assert "observability_spans_exported_total" in obs.metrics.render_prometheus()
