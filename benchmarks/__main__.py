@@ -111,7 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         0 if every selected benchmark ran (targets met or not), 1 otherwise.
     """
-    args = _parse(sys.argv[1:] if argv is None else argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(arguments)
     quiet_logging()
     benches, broken = discover()
     if args.list:
@@ -131,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         selected = [b for b in benches if b.name in wanted]
     failures: dict[str, str] = {} if args.only else dict(broken)
     machine = machine_info()
-    command = "python -m benchmarks" + (" " + shlex.join(sys.argv[1:]) if argv is None else "")
+    command = " ".join(["python -m benchmarks", shlex.join(arguments)]).strip()
     started = time.perf_counter()
     results: list[BenchResult] = []
     for bench in selected:
@@ -154,6 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = render_report(
         results, machine, command=command, quick=args.quick, failures=failures,
         total_seconds=time.perf_counter() - started, end_load=load_average(),
+        partial=bool(args.only),
     )
     out: Path = args.out
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -548,6 +548,7 @@ def render_report(
     failures: Mapping[str, str],
     total_seconds: float,
     end_load: str,
+    partial: bool = False,
 ) -> str:
     """Render the whole ``PERFORMANCE.md``.
 
@@ -559,6 +560,7 @@ def render_report(
         failures: Benchmarks that raised, with their traceback.
         total_seconds: Wall time of the whole run.
         end_load: The load average when the run ended.
+        partial: Only some benchmarks were selected (``--only``).
 
     Returns:
         The Markdown text.
@@ -576,6 +578,12 @@ def render_report(
         lines += [
             "> **Quick run** (`--quick`): fewer rounds and smaller sizes; a smoke test, not a"
             " measurement to quote.",
+            "",
+        ]
+    if partial:
+        lines += [
+            "> **Partial run** (`--only`): the other benchmarks were not run; rerun"
+            " `python -m benchmarks` for the whole report.",
             "",
         ]
     lines += ["## Targets", "", "| Benchmark | Target | Measured | Met |", "|---|---|---|---|"]

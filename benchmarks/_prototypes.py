@@ -60,6 +60,14 @@ class PrototypeSpan:
     __slots__ = ("_perf", "_token", "_tracer", "end_perf", "kind", "name", "parent_id",
                  "span_id", "start_ns", "trace_id")
 
+    trace_id: int
+    span_id: int
+    parent_id: int
+    start_ns: int
+    end_perf: int
+    _perf: int
+    _token: Token[PrototypeSpan | None]
+
     def __init__(self, tracer: PrototypeTracer, name: str, kind: str) -> None:
         self._tracer = tracer
         self.name = name
@@ -77,7 +85,7 @@ class PrototypeSpan:
         self.span_id = tracer.rng.getrandbits(64) or 1
         self.start_ns = time.time_ns()
         self._perf = time.perf_counter_ns()
-        self._token: Token[PrototypeSpan | None] = tracer.current.set(self)
+        self._token = tracer.current.set(self)
         return self
 
     def __exit__(

@@ -67,7 +67,7 @@ def run(quick: bool) -> BenchResult:
     renders = 2 if quick else 5
     rounds = 3 if quick else 9
     created = prom_metrics._use_created
-    prom_metrics.disable_created_metrics()
+    prom_metrics.disable_created_metrics()  # type: ignore[no-untyped-call]
     obs = Observability(ObservabilitySettings(drain_at_exit=False))
     try:
         registry, series = _populate(obs)
@@ -106,7 +106,7 @@ def run(quick: bool) -> BenchResult:
     finally:
         obs.close()
         if created:
-            prom_metrics.enable_created_metrics()
+            prom_metrics.enable_created_metrics()  # type: ignore[no-untyped-call]
     return _result(runs, renders, series, same, ours_keys, prom_keys,
                    len(ours_text), len(prom_text))
 
@@ -183,15 +183,19 @@ def _mirror_pipeline_families(registry: Any, families: tuple[Any, ...]) -> None:
         spec = family.spec
         if spec.name not in pipeline_names:
             continue
-        kind = Counter if spec.type == "counter" else Gauge
-        metric = kind(spec.prom_name, spec.help, sorted(spec.label_names), registry=registry)
-        for item in family.series:
-            target = metric.labels(**dict(item.labels)) if item.labels else metric
-            value = float(item.value)
-            if kind is Counter:
-                target.inc(value)
-            else:
-                target.set(value)
+        labels = sorted(spec.label_names)
+        if spec.type == "counter":
+            counter = Counter(spec.prom_name, spec.help, labels, registry=registry)
+            for item in family.series:
+                (counter.labels(**dict(item.labels)) if item.labels else counter).inc(
+                    float(item.value)
+                )
+        else:
+            gauge = Gauge(spec.prom_name, spec.help, labels, registry=registry)
+            for item in family.series:
+                (gauge.labels(**dict(item.labels)) if item.labels else gauge).set(
+                    float(item.value)
+                )
 
 
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')

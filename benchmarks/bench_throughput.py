@@ -121,11 +121,15 @@ class _Recorder:
         total: Callable[[], float],
         finish: Callable[[], Mapping[str, float]],
         afinish: Callable[[], Any] | None = None,
+        applied: Callable[[], float] | None = None,
+        dropped: Callable[[], float] | None = None,
     ) -> None:
         self.record = record
         self.total = total
         self.finish = finish
         self.afinish = afinish
+        self.applied = applied
+        self.dropped = dropped
 
 
 def _ours_recorder(obs: Any) -> _Recorder:
@@ -145,10 +149,11 @@ def _ours_recorder(obs: Any) -> _Recorder:
     async def afinish() -> Mapping[str, float]:
         return {"complete": 1.0 if await obs.aflush() else 0.0}
 
-    recorder = _Recorder(record, total, finish, afinish)
-    recorder.applied = lambda: float(metrics.stats().applied)  # type: ignore[attr-defined]
-    recorder.dropped = lambda: float(metrics.stats().dropped_total)  # type: ignore[attr-defined]
-    return recorder
+    return _Recorder(
+        record, total, finish, afinish,
+        applied=lambda: float(metrics.stats().applied),
+        dropped=lambda: float(metrics.stats().dropped_total),
+    )
 
 
 class _Prom:
@@ -199,7 +204,9 @@ class _OtelMetrics:
             for resource in data.resource_metrics:
                 for scope in resource.scope_metrics:
                     for metric in scope.metrics:
-                        total += sum(point.value for point in metric.data.data_points)
+                        total += sum(
+                            float(getattr(point, "value", 0)) for point in metric.data.data_points
+                        )
         self._last_total = total
         return total
 
@@ -307,7 +314,7 @@ def _accounting(
         "counted": counted,
         "complete": finished.get("complete", 1.0),
     }
-    if getattr(recorder, "applied", None) is not None:
+    if recorder.applied is not None:
         result["applied"] = _extra(recorder, "applied") - applied0
         result["dropped"] = _extra(recorder, "dropped") - dropped0
     return result

@@ -1,0 +1,144 @@
+"""``workflow``: the real LangGraph risk workflow with instrumentation on and off.
+
+Both variants run the same compiled graph shape (``build_risk_graph``) with the
+same zero-latency simulated LLM (the harshest case: nothing but Python runs)
+and the same evaluator (``obs.evaluation``, a node of the workflow in both):
+
+* **on**: ``InstrumentedRiskWorkflow(obs)`` -- every node wrapped (span,
+  latency, generation, failure capture) and each request wrapped in a
+  batched ``workflow`` span with the request metrics;
+* **off**: ``InstrumentedRiskWorkflow(obs, instrument=False)`` -- the bare
+  graph, no node wrapper, no run wrapper.
+
+Rounds alternate (on, off, on, off...) over the same request mix (approvals,
+escalations, reviews; no failures), one request at a time on one event loop,
+with the collector threads running in both variants. A round's time is the
+wall time of its requests (what a caller waits) and includes everything the
+collector threads took from the GIL meanwhile; the CPU each thread used is
+reported beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+
+from benchmarks._harness import (
+    BenchResult,
+    Table,
+    Target,
+    Variant,
+    alternate,
+    cpu_split,
+    fmt_float,
+    fmt_stats,
+    fmt_us,
+    quiet_logging,
+    thread_cpu_ns,
+)
+
+NAME = "workflow"
+TITLE = "The LangGraph workflow, instrumentation on vs off"
+ORDER = 40
+
+#: Target: instrumented runs at most 1 % slower than bare ones.
+TARGET_OVERHEAD = 0.01
+
+_PAYLOAD = {
+    "applicant_id": "app-1", "amount": "120.50", "currency": "USD", "country": "US",
+    "merchant_category": "retail", "account_age_days": 400, "prior_chargebacks": 0,
+    "channel": "web", "description": "card purchase",
+}
+_REVIEW = {**_PAYLOAD, "amount": "800", "account_age_days": 60, "prior_chargebacks": 1}
+
+
+def run(quick: bool) -> BenchResult:
+    """Alternate instrumented and bare workflow runs; report the overhead."""
+    from app.observability import Observability, ObservabilitySettings
+    from app.workflows.langgraph.config import WorkflowConfig
+    from app.workflows.langgraph.instrumentation import InstrumentedRiskWorkflow
+    from app.workflows.langgraph.state import RiskRequest
+
+    quiet_logging()
+    per_round = 60 if quick else 300
+    rounds = 3 if quick else 9
+    obs = Observability(ObservabilitySettings(drain_at_exit=False))
+    config = WorkflowConfig(seed=1)
+    on = InstrumentedRiskWorkflow(obs, config=config)
+    off = InstrumentedRiskWorkflow(obs, config=config, instrument=False)
+    loop = asyncio.new_event_loop()
+    counter = [0]
+
+    def requests() -> list[RiskRequest]:
+        batch = []
+        for _ in range(per_round):
+            counter[0] += 1
+            index = counter[0]
+            batch.append(RiskRequest(
+                request_id=f"bench-{index}", tenant_id=f"tenant-{index % 4}",
+                correlation_id=f"corr-{index}",
+                payload=_REVIEW if index % 3 == 0 else _PAYLOAD,
+            ))
+        return batch
+
+    def variant(workflow: InstrumentedRiskWorkflow) -> Mapping[str, float]:
+        batch = requests()
+
+        async def go() -> int:
+            started = time.perf_counter_ns()
+            for request in batch:
+                await workflow.run(request)
+            return time.perf_counter_ns() - started
+
+        cpu_before = thread_cpu_ns()
+        elapsed = loop.run_until_complete(go())
+        cpu = cpu_split(cpu_before, thread_cpu_ns(), per_round)
+        assert obs.flush(30.0), "flush did not complete"
+        return {"ns": elapsed / per_round, **cpu}
+
+    try:
+        loop.run_until_complete(on.run(requests()[0]))  # build caches, start executors
+        runs = alternate(
+            [Variant("on", lambda: variant(on)), Variant("off", lambda: variant(off))],
+            rounds=rounds, warmup=1,
+        )
+        health = obs.health()
+    finally:
+        obs.close(10.0)
+        loop.close()
+
+    on_stats, off_stats = runs.stats("on", "ns"), runs.stats("off", "ns")
+    overhead = runs.paired(("on", "ns"), ("off", "ns"), lambda a, b: (a - b) / b)
+    added = runs.paired(("on", "ns"), ("off", "ns"), lambda a, b: a - b)
+    met = overhead.median < TARGET_OVERHEAD
+    table = Table(
+        title="Per request (wall time, median over alternating rounds; p10-p90)",
+        headers=("variant", "µs per request", "background CPU per request"),
+        rows=(
+            ("on (instrumented)", fmt_stats(on_stats, fmt_us), runs.background_cpu("on")),
+            ("off (bare graph)", fmt_stats(off_stats, fmt_us), runs.background_cpu("off")),
+            ("on - off", fmt_stats(added, fmt_us), ""),
+        ),
+        note=f"{rounds} rounds of {per_round} requests per variant, one request at a time.",
+    )
+    dropped = health.dropped_total
+    return BenchResult(
+        name=NAME,
+        title=TITLE,
+        summary=__doc__.split("\n\n", 1)[1].strip() if __doc__ else "",
+        tables=[table],
+        targets=[Target(
+            goal="instrumentation overhead < 1 % of a workflow run",
+            measured=f"{fmt_float(overhead.median * 100, 2)} % "
+                     f"(p10 {fmt_float(overhead.p10 * 100, 2)} %, "
+                     f"p90 {fmt_float(overhead.p90 * 100, 2)} %)",
+            met=met,
+        )],
+        notes=[
+            f"records dropped during the run: {dropped}",
+            f"median per-round added time: {fmt_float(added.median / 1000, 1)} µs per request",
+            f"GC per round (gen0/gen1/gen2, pause): on {runs.gc_summary('on')}; "
+            f"off {runs.gc_summary('off')}",
+        ],
+    )
