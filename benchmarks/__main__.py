@@ -7,15 +7,20 @@ Options:
     --list              List the discovered benchmarks and exit.
 
 Every ``benchmarks/bench_*.py`` module is discovered and run; adding one needs
-no change here (see ``benchmarks/README.md`` for the interface).
+no change here (see ``benchmarks/README.md`` for the interface). Each benchmark
+runs in a fresh Python process (this module with ``--worker NAME``), so that no
+benchmark inherits another's imports, heap or threads: the garbage collector's
+work, for one, grows with the heap.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import shlex
+import subprocess
 import sys
 import time
 import traceback
@@ -31,10 +36,14 @@ from benchmarks._harness import (
     machine_info,
     quiet_logging,
     render_report,
+    result_from_json,
+    result_to_json,
 )
 
 _DEFAULT_OUT = REPO_ROOT / "docs" / "PERFORMANCE.md"
 _DEFAULT_ORDER = 100
+#: Prefix of the line on which a worker process sends its result.
+_RESULT_MARK = "@@benchmark-result@@ "
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +111,49 @@ def _parse(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, default=_DEFAULT_OUT, metavar="PATH",
                         help=f"report path (default: {_DEFAULT_OUT.relative_to(REPO_ROOT)})")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
+    parser.add_argument("--worker", default="", metavar="NAME", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def _worker(bench: _Bench, quick: bool) -> int:
+    """Run one benchmark in this (fresh) process and print its result for the runner."""
+    result = bench.run(quick)
+    print(_RESULT_MARK + result_to_json(result), flush=True)
+    return 0
+
+
+def _run_in_fresh_process(name: str, quick: bool) -> BenchResult:
+    """Run benchmark ``name`` in a new interpreter; forward its output; return its result.
+
+    Raises:
+        RuntimeError: The worker failed or sent no result (its output is included).
+    """
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    command = [sys.executable, "-m", "benchmarks", "--worker", name]
+    if quick:
+        command.append("--quick")
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert process.stdout is not None
+    result: BenchResult | None = None
+    output: list[str] = []
+    for line in process.stdout:
+        if line.startswith(_RESULT_MARK):
+            result = result_from_json(line[len(_RESULT_MARK):])
+        else:
+            output.append(line)
+            print(line, end="", flush=True)
+    if process.wait() != 0 or result is None:
+        raise RuntimeError(
+            f"benchmark {name!r} failed (exit status {process.returncode}):\n"
+            + "".join(output[-200:])
+        )
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -115,6 +166,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(arguments)
     quiet_logging()
     benches, broken = discover()
+    if args.worker:
+        by_name = {b.name: b for b in benches}
+        if args.worker not in by_name:
+            print(f"unknown benchmark {args.worker!r}", file=sys.stderr)
+            return 2
+        return _worker(by_name[args.worker], args.quick)
     if args.list:
         for bench in benches:
             print(f"{bench.name:12s} {bench.title}")
@@ -140,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bench_started = time.perf_counter()
         load = load_average()
         try:
-            result = bench.run(args.quick)
+            result = _run_in_fresh_process(bench.name, args.quick)
         except Exception:
             failures[bench.name] = traceback.format_exc()
             print(f"[benchmarks] {bench.name}: FAILED\n{failures[bench.name]}", flush=True)

@@ -74,7 +74,7 @@ def run(quick: bool) -> BenchResult:
     from app.observability import Observability, ObservabilitySettings
     from benchmarks._anchors import no_network, otel_tracing, prom_node_metrics
 
-    nodes = 1_000 if quick else 4_000
+    nodes = 1_000 if quick else 3_000
     rounds = 3 if quick else 9
     _check_price_table(ObservabilitySettings())
     obs = Observability(ObservabilitySettings(drain_at_exit=False))

@@ -66,7 +66,7 @@ def run(quick: bool) -> BenchResult:
     from app.observability import Observability, ObservabilitySettings
     from benchmarks._anchors import otel_tracing, prom_node_metrics
 
-    nodes = 2_000 if quick else 10_000
+    nodes = 2_000 if quick else 8_000
     rounds = 3 if quick else 9
     obs = Observability(ObservabilitySettings(drain_at_exit=False))
     otel = otel_tracing()
