@@ -189,6 +189,7 @@ class Collector(ABC, Generic[StoreT]):
         self._last_error: str | None = None
         self._last_flush_ns: int | None = None
         self._last_drop_warning = 0.0
+        self._last_error_log = -_DROP_WARNING_INTERVAL
         self._state = CollectorState.CREATED
         self._thread: threading.Thread | None = None
         self._thread_ident: int | None = None
@@ -559,13 +560,17 @@ class Collector(ABC, Generic[StoreT]):
         self._handler_errors += 1
         self._drops.add("handler_error", 1)
         self._last_error = f"{type(exc).__name__}: {exc}"
-        _logger.error(
-            "observability.handler_error",
-            collector=self.name,
-            record_type=type(record).__name__,
-            error=self._last_error,
-            exc_info=exc,
-        )
+        now = time.monotonic()
+        if now - self._last_error_log >= _DROP_WARNING_INTERVAL:  # rate-limited, like drops
+            self._last_error_log = now
+            _logger.error(
+                "observability.handler_error",
+                collector=self.name,
+                record_type=type(record).__name__,
+                error=self._last_error,
+                errors_so_far=self._handler_errors,
+                exc_info=exc,
+            )
 
 
 def _run_query(query: _Query) -> None:

@@ -185,7 +185,7 @@ class CostStoreCollector(Collector[CostStore]):
             limit = budget * threshold
             if before < limit <= after:
                 store.crossed.setdefault(tenant, []).append(threshold)
-                label = str(threshold)
+                label = repr(float(threshold))  # canonical: Decimal("1") and "1.0" -> "1.0"
                 if self._metrics_out is not None:
                     self._metrics_out.send(
                         MetricRecord(

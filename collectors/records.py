@@ -93,7 +93,12 @@ class SpanRecord(NamedTuple):
 
     @property
     def duration_ns(self) -> int:
-        """Wall duration in nanoseconds (monotonic clock)."""
+        """Duration in nanoseconds, measured on the monotonic clock.
+
+        ``start_ns`` is the wall clock at the start; ``end_ns`` is ``start_ns``
+        plus the monotonic elapsed time, so durations never go negative when
+        the wall clock is adjusted.
+        """
         return self.end_ns - self.start_ns
 
     @property

@@ -167,6 +167,7 @@ class Observability:
         self.tracing = TracingService(
             trace_actor, metrics=metrics_actor, costs=cost_actor,
             sample_ratio=settings.sample_ratio, id_seed=settings.id_seed,
+            read_timeout=read_timeout,
         )
         self.failures = FailureClassifier(metrics=self.metrics, audit=self.audit)
         self.langfuse = LangfuseClient(
@@ -196,7 +197,8 @@ class Observability:
             from app.observability.http_server import MetricsServer
 
             self._server = MetricsServer(
-                self.metrics.families, host=server_settings.host, port=server_settings.port
+                self.metrics.families, host=server_settings.host, port=server_settings.port,
+                healthy=lambda: self.pipeline.health().healthy,
             )
             self._server.start()
         return self

@@ -131,7 +131,7 @@ PIPELINE_METRICS: Mapping[str, MetricSpec] = MappingProxyType({
         ),
         MetricSpec(
             name="queue_depth", prom_name="observability_queue_depth", type="gauge",
-            help="Records waiting in a collector's queue.",
+            help="Items waiting in a collector's queue (a batch of records counts as one).",
             label_names=("collector",),
         ),
         MetricSpec(

@@ -26,6 +26,7 @@ from app.errors import (
 )
 from app.observability.audit import AuditLogger
 from app.observability.metrics import MetricsCollector
+from app.observability.tracing import exception_type_name
 
 __all__ = ("FailureCategory", "FailureClassifier")
 
@@ -178,7 +179,7 @@ class FailureClassifier:
             self._audit.log(
                 "failure.classified",
                 category=category.value,
-                error_type=type(exc).__qualname__ if exc is not None else None,
+                error_type=exception_type_name(exc) if exc is not None else None,
                 message=_message(exc)[:512] if exc is not None else reason,
                 tenant_id=tenant_id,
                 node=node,

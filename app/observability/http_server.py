@@ -11,7 +11,7 @@ Routes:
 * ``GET /metrics``: 200, Prometheus text 0.0.4, or OpenMetrics 1.0 when the
   ``Accept`` header asks for ``application/openmetrics-text``; 500 with a
   short body if rendering fails (logged, the server keeps serving).
-* ``GET /healthz``: 200 ``ok``.
+* ``GET /healthz``: 200 ``ok``, or 503 when the ``healthy`` callable says no.
 * anything else: 404.
 """
 
@@ -61,7 +61,7 @@ class MetricsServer:
 
     Example::
 
-        with MetricsServer(observability.metric_families, port=9464) as server:
+        with MetricsServer(obs.metrics.families, port=9464) as server:
             ...  # Prometheus scrapes server.url
 
     Args:
@@ -69,11 +69,17 @@ class MetricsServer:
             per scrape, on the request's thread, never under a lock of ours.
         host: The address to bind (an IPv6 literal binds an IPv6 socket).
         port: The TCP port; ``0`` picks a free one (read it from :attr:`port`).
+        healthy: Answers ``/healthz``: 200 ``ok`` when it returns true, 503
+            ``unhealthy`` otherwise (default: always healthy).
     """
 
-    def __init__(self, render: RenderSnapshot, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, render: RenderSnapshot, host: str = "127.0.0.1", port: int = 0,
+        healthy: Callable[[], bool] | None = None,
+    ) -> None:
         if not callable(render):
             raise TypeError("render must be callable")
+        self._healthy = healthy
         if not 0 <= port <= 65535:
             raise ValueError(f"port must be in [0, 65535], got {port}")
         self._render = render
@@ -121,7 +127,8 @@ class MetricsServer:
         with self._lock:
             if self._state is not _State.UNSTARTED:
                 raise RuntimeError(f"cannot start: metrics server is {self._state.value}")
-            server = _HTTPServer((self._host, self._requested_port), self._render)
+            server = _HTTPServer((self._host, self._requested_port), self._render,
+                                 self._healthy)
             thread = threading.Thread(
                 target=server.serve_forever,
                 kwargs={"poll_interval": _POLL_INTERVAL},
@@ -185,10 +192,14 @@ class _HTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], render: RenderSnapshot) -> None:
+    def __init__(
+        self, address: tuple[str, int], render: RenderSnapshot,
+        healthy: Callable[[], bool] | None = None,
+    ) -> None:
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
         self.render = render
+        self.healthy = healthy
         super().__init__(address, _MetricsHandler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -208,9 +219,21 @@ class _MetricsHandler(BaseHTTPRequestHandler):
         if path == "/metrics":
             self._serve_metrics()
         elif path == "/healthz":
-            self._send(200, _PLAIN, b"ok")
+            self._serve_health()
         else:
             self._send(404, _PLAIN, b"not found\n")
+
+    def _serve_health(self) -> None:
+        check = self.server.healthy
+        try:
+            ok = True if check is None else bool(check())
+        except Exception:
+            _logger.exception("metrics health check failed")
+            ok = False
+        if ok:
+            self._send(200, _PLAIN, b"ok")
+        else:
+            self._send(503, _PLAIN, b"unhealthy\n")
 
     def _serve_metrics(self) -> None:
         openmetrics = _wants_openmetrics(self.headers.get("Accept", ""))

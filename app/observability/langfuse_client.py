@@ -149,7 +149,7 @@ class LangfuseClient:
             self._costs.send_record(cost_record)
             self._metrics.send(Batch(usage), len(usage))
         if event_id is None:
-            event_id = f"gen-{self._tracing._rng.getrandbits(96):024x}"
+            event_id = f"gen-{self._tracing.new_id()}"
         attributes: dict[str, AttributeValue] = {
             "tenant_id": tenant_id,
             "model_version": model_version,

@@ -42,7 +42,15 @@ from collectors.records import (
 )
 from collectors.trace import TraceStoreCollector
 
-__all__ = ("Outbox", "Span", "SpanContext", "SpanScope", "TracingService", "parse_traceparent")
+__all__ = (
+    "Outbox",
+    "Span",
+    "SpanContext",
+    "SpanScope",
+    "TracingService",
+    "exception_type_name",
+    "parse_traceparent",
+)
 
 _TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?$")
 _KINDS = frozenset({"workflow", "node", "generation", "internal"})
@@ -225,7 +233,7 @@ class Span:
         """Mark the span as failed and add an ``exception`` event."""
         self.status = "error"
         self.events.append(SpanEvent("exception", time.time_ns(), (
-            ("exception.type", _qualname(exc)),
+            ("exception.type", exception_type_name(exc)),
             ("exception.message", str(exc)[:_MAX_ERROR_MESSAGE]),
         )))
 
@@ -278,6 +286,7 @@ class TracingService:
         costs: The cost actor (where a batched run's costs go).
         sample_ratio: Share of new traces that are recorded (0..1).
         id_seed: Seed for deterministic ids (tests); random otherwise.
+        read_timeout: Seconds :meth:`finished_spans` waits for the collector.
     """
 
     def __init__(
@@ -288,10 +297,12 @@ class TracingService:
         costs: Collector[Any] | None = None,
         sample_ratio: float = 1.0,
         id_seed: int | None = None,
+        read_timeout: float = 5.0,
     ) -> None:
         if not 0.0 <= sample_ratio <= 1.0:
             raise ValueError(f"sample_ratio must be in [0, 1], got {sample_ratio!r}")
         self._collector = collector
+        self._read_timeout = read_timeout
         self._metrics = metrics
         self._costs = costs
         self._sample_bound = round(sample_ratio * (1 << 64))
@@ -305,6 +316,10 @@ class TracingService:
             os.register_at_fork(after_in_child=lambda: _reseed(ref))
 
     # --- context ----------------------------------------------------------
+
+    def new_id(self, bits: int = 96) -> str:
+        """A random hex id from this service's generator (deterministic with ``id_seed``)."""
+        return f"{self._rng.getrandbits(bits):0{(bits + 3) // 4}x}"
 
     def current_span(self) -> Span | None:
         """The active local span in this context, if any."""
@@ -459,7 +474,7 @@ class TracingService:
         error_type = error_message = None
         if error is not None:
             span.record_exception(error)
-            error_type = _qualname(error)
+            error_type = exception_type_name(error)
             error_message = str(error)[:_MAX_ERROR_MESSAGE]
         if status is not None:
             span.status = status
@@ -571,7 +586,9 @@ class TracingService:
             return ()
         if isinstance(trace_id, str):
             trace_id = int(trace_id, 16)
-        return self._collector.spans(trace_id=trace_id, tenant_id=tenant_id)
+        return self._collector.spans(
+            trace_id=trace_id, tenant_id=tenant_id, timeout=self._read_timeout
+        )
 
 
 def _take(items: list[Any]) -> list[Any]:
@@ -592,7 +609,8 @@ def _reseed(ref: weakref.ref[TracingService]) -> None:
         service._rng = random.Random()
 
 
-def _qualname(exc: BaseException) -> str:
+def exception_type_name(exc: BaseException) -> str:
+    """The exception's class as spans, audit events and exports name it (module-qualified)."""
     cls = type(exc)
     module = cls.__module__
     return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

@@ -175,7 +175,7 @@ def test_classify_counts_and_emits_an_audit_event(obs: Observability) -> None:
     }
     first, second = obs.audit.events(event="failure.classified")
     assert dict(first.fields) == {
-        "category": "POLICY_VIOLATION", "error_type": "PolicyViolationError",
+        "category": "POLICY_VIOLATION", "error_type": "app.errors.PolicyViolationError",
         "message": "sanctioned country", "tenant_id": "t1", "node": "policy_check",
         "correlation_id": "c1", "request_id": "r1",
     }

@@ -176,7 +176,7 @@ async def test_a_failure_is_classified_once_and_reaches_the_caller_unchanged(
     assert {k: event.data[k] for k in
             ("category", "tenant_id", "node", "correlation_id", "request_id", "error_type")} == {
         "category": category.value, "tenant_id": TENANT, "node": node,
-        "correlation_id": "corr-req-1", "request_id": "req-1", "error_type": exc_type.__name__,
+        "correlation_id": "corr-req-1", "request_id": "req-1", "error_type": qualname(exc_type),
     }
 
     spans = spans_by_name(obs)
