@@ -379,7 +379,7 @@ class TracingService:
 
         With ``batch=True`` the span owns an :class:`Outbox`: the records of
         its descendants are enqueued together when it ends (the workflow
-        instrumentation uses this to keep a run to ~3 queue puts).
+        instrumentation uses this to send a run as one batch per collector).
 
         Raises:
             ValueError: Empty name, unknown kind, empty id, bad attribute.

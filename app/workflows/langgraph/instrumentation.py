@@ -23,9 +23,12 @@ request's latency, ``request_count``, ``workflow_execution_count``,
 high-risk cases routed to approval.
 
 Cost of the hot path: the root span is a *batched* span, so every node span,
-latency and generation of the run is appended to the run's outbox and the
-whole run reaches the collectors as at most three queue puts (trace, metrics,
-cost) when it ends -- see ``docs/PERFORMANCE.md`` for the measured overhead.
+latency, generation and request metric of the run is appended to the run's
+outbox, and the run reaches the collectors as one batch each for trace,
+metrics and cost when it ends. The evaluation node's quality score and audit
+event (and, for a failure, its count and audit event) are sent directly: a
+successful run makes five queue puts in all. ``docs/PERFORMANCE.md`` has the
+measured overhead.
 """
 
 from __future__ import annotations
