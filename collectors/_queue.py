@@ -143,6 +143,9 @@ class RecordQueue(janus.Queue[Any]):
         with self._sync_mutex:
             if self._sync_not_empty_waiting:
                 self._sync_not_empty.notify()
+                # One wake-up per wait: the consumer republishes its threshold
+                # under this mutex before it waits again, so none is lost.
+                self._wake_at = _NEVER
 
     # --- the consumer (one thread) ------------------------------------------
 

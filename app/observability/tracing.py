@@ -46,7 +46,6 @@ __all__ = (
     "Outbox",
     "Span",
     "SpanContext",
-    "SpanScope",
     "TracingService",
     "exception_type_name",
     "parse_traceparent",
@@ -138,7 +137,8 @@ class Span:
     """
 
     __slots__ = (
-        "_perf_start", "_token", "attributes", "correlation_id", "end_ns", "events", "kind",
+        "_perf_start", "_service", "_token", "attributes", "correlation_id", "end_ns", "events",
+        "kind",
         "name", "outbox", "parent", "request_id", "sampled", "span_id", "start_ns", "status",
         "tenant_id", "trace_id",
     )
@@ -165,6 +165,7 @@ class Span:
         self.start_ns = time.time_ns()
         self._perf_start = time.perf_counter_ns()
         self._token: Token[Span | SpanContext | None] | None = None
+        self._service: TracingService | None = None
 
     @property
     def context(self) -> SpanContext:
@@ -240,35 +241,21 @@ class Span:
     def __repr__(self) -> str:
         return f"<Span {self.kind}:{self.name} {self.trace_id:032x}/{self.span_id:016x}>"
 
-
-class SpanScope:
-    """``with`` / ``async with`` form of a span: started on entry, ended on exit.
-
-    An exception leaving the block marks the span as an error (with the
-    exception's class) and propagates unchanged.
-    """
-
-    __slots__ = ("_kwargs", "_name", "_service", "span")
-
-    def __init__(self, service: TracingService, name: str, kwargs: dict[str, Any]) -> None:
-        self._service = service
-        self._name = name
-        self._kwargs = kwargs
-        self.span: Span | None = None
+    # ``with`` / ``async with``: the span was started by TracingService.span();
+    # leaving the block ends it (an escaping exception marks it as an error).
 
     def __enter__(self) -> Span:
-        self.span = self._service.start_span_sync(self._name, **self._kwargs)
-        return self.span
+        return self
 
     def __exit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self.span is not None
-        self._service.end_span_sync(self.span, error=exc)
+        if not self.end_ns and self._service is not None:
+            self._service.end_span_sync(self, error=exc)
 
     async def __aenter__(self) -> Span:
-        return self.__enter__()
+        return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -437,6 +424,7 @@ class TracingService:
             outbox = parent.outbox
             if outbox is not None and outbox.open:
                 span.outbox = outbox
+        span._service = self
         span._token = self._current.set(span)
         return span
 
@@ -489,7 +477,8 @@ class TracingService:
         record = SpanRecord(
             span.trace_id, span.span_id, parent.span_id if parent is not None else 0,
             span.name, span.kind, span.start_ns, span.end_ns, span.status,
-            error_type, error_message, tuple(span.attributes.items()), tuple(span.events),
+            error_type, error_message, tuple(span.attributes.items()),
+            tuple(span.events) if span.events else (),
             type(parent) is SpanContext and parent.remote,
         )
         outbox = span.outbox
@@ -531,9 +520,32 @@ class TracingService:
         """Async form of :meth:`end_span_sync`."""
         return self.end_span_sync(span, status=status, error=error)
 
-    def span(self, name: str, **kwargs: Any) -> SpanScope:
-        """A span for ``with`` or ``async with`` (same arguments as :meth:`start_span_sync`)."""
-        return SpanScope(self, name, kwargs)
+    def span(
+        self,
+        name: str,
+        *,
+        kind: str = "internal",
+        parent: Span | SpanContext | None = None,
+        root: bool = False,
+        tenant_id: str | None = None,
+        correlation_id: str | None = None,
+        request_id: str | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        batch: bool = False,
+    ) -> Span:
+        """Start a span for ``with`` or ``async with``; leaving the block ends it.
+
+        Same arguments as :meth:`start_span_sync`. The span starts (and
+        becomes current) when this is called, so call it in the ``with``
+        statement itself. An exception leaving the block marks the span as
+        an error with the exception's class, and propagates unchanged; a
+        span already ended inside the block is left as it is.
+        """
+        return self.start_span_sync(
+            name, kind=kind, parent=parent, root=root, tenant_id=tenant_id,
+            correlation_id=correlation_id, request_id=request_id, attributes=attributes,
+            batch=batch,
+        )
 
     def record_finished_span(
         self,
