@@ -350,9 +350,11 @@ def _report(
                      str(stats.queue_depth)])
     out.write(f"\nPipeline health: {'healthy' if health.healthy else 'DEGRADED'}\n")
     _table(rows, out)
-    over = [t for t, b in costs.budgets.items() if b.over_budget]
-    if over:
-        out.write(f"  tenants over budget: {', '.join(sorted(over))}\n")
+    if health.over_budget:
+        out.write(f"  tenants over budget: {', '.join(health.over_budget)}\n")
+    for exporter in health.exporters:
+        out.write(f"  exporter {exporter.name}: {exporter.exported} spans exported, "
+                  f"{exporter.failed} failed, {exporter.dropped_total} dropped\n")
 
 
 def _quantile(values: Sequence[float], q: float) -> float | None:

@@ -83,6 +83,10 @@ class PipelineHealth:
 
     state: PipelineState
     collectors: Mapping[str, CollectorStats]
+    #: Tenants whose spend has reached their budget (filled by the container).
+    over_budget: tuple[str, ...] = ()
+    #: Span exporters' counters (filled by the container).
+    exporters: tuple[Any, ...] = ()
 
     @property
     def healthy(self) -> bool:

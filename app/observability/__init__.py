@@ -17,6 +17,7 @@ other. It holds no global state: two containers in one process share nothing.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 from collections.abc import Sequence
 from types import TracebackType
@@ -242,8 +243,20 @@ class Observability:
         return trace.exporter_stats()
 
     def health(self) -> PipelineHealth:
-        """Each collector's state, queue depth, applied/dropped counts and errors."""
-        return self.pipeline.health()
+        """Each collector's state, queue depth, applied/dropped counts and errors,
+        the span exporters' counters, and the tenants over their cost budget.
+
+        Producers are never blocked: collector stats are read without waiting,
+        and the budget view is a query answered by the cost collector.
+        """
+        base = self.pipeline.health()
+        over_budget: tuple[str, ...] = ()
+        if self.settings.budgets:
+            budgets = self.costs.snapshot().budgets
+            over_budget = tuple(sorted(t for t, b in budgets.items() if b.over_budget))
+        return dataclasses.replace(
+            base, over_budget=over_budget, exporters=self.exporter_stats()
+        )
 
     def __enter__(self) -> Self:
         return self.start()

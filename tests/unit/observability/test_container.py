@@ -278,3 +278,17 @@ def test_settings_are_validated() -> None:
         ObservabilitySettings(budgets={"t1": Decimal(-1)})
     with pytest.raises(ValidationError):
         ObservabilitySettings(unknown_field=1)  # type: ignore[call-arg]
+
+
+def test_health_lists_tenants_over_budget_and_exporters(make_obs: Any) -> None:
+    from decimal import Decimal
+
+    obs = make_obs(budgets={"t1": Decimal("0.001"), "t2": Decimal("100")})
+    obs.costs.add_cost(tenant_id="t1", model_version="risk-llm-v2", input_tokens=1000,
+                       output_tokens=0)
+    obs.costs.add_cost(tenant_id="t2", model_version="risk-llm-v2", input_tokens=1000,
+                       output_tokens=0)
+    health = obs.health()
+    assert health.over_budget == ("t1",)
+    assert health.exporters == ()
+    assert health.healthy
