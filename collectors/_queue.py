@@ -65,6 +65,8 @@ class RecordQueue(janus.Queue[Any]):
         #: Past this depth a producer yields the GIL once per put, so that the
         #: consumer thread gets its turn even against many busy producers.
         self._yield_at = max(1, maxsize // 2)
+        #: Set by the consumer thread while it runs (no yielding to nobody).
+        self.consumer_running = False
         #: Control messages offered so far, and the count the consumer had seen
         #: when it last emptied the queue (both under the mutex): a control
         #: message queued while the consumer was busy must not wait a linger.
@@ -87,7 +89,8 @@ class RecordQueue(janus.Queue[Any]):
         if depth >= self._yield_at:
             if depth >= self._maxsize or self._is_shutdown:
                 return False
-            time.sleep(0)  # past the high-water mark: let the consumer have the GIL
+            if self.consumer_running:  # past the high-water mark: let it have the GIL
+                time.sleep(0)
         queue.append(item)
         if depth >= self._wake_at - 1:
             self._wake()

@@ -451,6 +451,7 @@ class Collector(ABC, Generic[StoreT]):
     def _run(self) -> None:
         self._thread_ident = threading.get_ident()
         queue = self._queue
+        queue.consumer_running = True
         batch_size = self._batch_size
         apply = self._apply
         linger: float | None = None  # idle: sleep until something arrives

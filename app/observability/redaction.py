@@ -166,12 +166,14 @@ class Redactor:
         cache_size: Distinct strings remembered per cache.
     """
 
-    __slots__ = ("_cache_size", "_keys", "_texts")
+    __slots__ = ("_cache_size", "_keys", "_pair_sets", "_texts")
 
     def __init__(self, cache_size: int = 8_192) -> None:
         self._cache_size = cache_size
         self._texts: dict[str, str] = {}
         self._keys: dict[str, bool] = {}
+        #: Whole attribute tuples: the spans of one run repeat the same ones.
+        self._pair_sets: dict[tuple[tuple[str, Any], ...], tuple[tuple[str, Any], ...]] = {}
 
     def text(self, text: str) -> str:
         """:func:`redact_text`, memoised."""
@@ -202,6 +204,18 @@ class Redactor:
         The common case (known keys, cached strings, numbers) is two dict
         lookups per pair, inlined here because this runs for every span.
         """
+        try:
+            cached = self._pair_sets.get(pairs)
+        except TypeError:  # an unhashable value: redact without the cache
+            return self._redact_pairs(pairs)
+        if cached is None:
+            cached = self._redact_pairs(pairs)
+            if len(self._pair_sets) >= self._cache_size:
+                self._pair_sets.clear()
+            self._pair_sets[pairs] = cached
+        return cached
+
+    def _redact_pairs(self, pairs: tuple[tuple[str, Any], ...]) -> tuple[tuple[str, Any], ...]:
         keys, texts = self._keys, self._texts
         changed: list[tuple[str, Any]] | None = None
         for index, pair in enumerate(pairs):
@@ -250,7 +264,7 @@ class Redactor:
                 SpanEvent(self.text(e.name), e.time_ns, self._pairs(e.attributes))
                 for e in events
             )
-        if (name is span.name and attributes is span.attributes
+        if (name is span.name and attributes == span.attributes
                 and message is span.error_message and events == span.events):
             return span
         return span._replace(
@@ -260,7 +274,7 @@ class Redactor:
     def audit(self, record: AuditRecord) -> AuditRecord:
         """``record`` with every field redacted (the same record if nothing changed)."""
         fields = self._pairs(record.fields)
-        return record if fields is record.fields else record._replace(fields=fields)
+        return record if fields == record.fields else record._replace(fields=fields)
 
 
 def redact_span_record(span: SpanRecord) -> SpanRecord:
