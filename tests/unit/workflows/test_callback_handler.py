@@ -29,19 +29,8 @@ from app.workflows.langgraph import (
     langsmith_tracing_disabled,
 )
 from collectors.records import SpanRecord
+from tests.unit.workflows.payloads import APPROVE, REVIEW
 
-APPROVE = {
-    "applicant_id": "app-1",
-    "amount": "120.50",
-    "currency": "USD",
-    "country": "US",
-    "merchant_category": "retail",
-    "account_age_days": 400,
-    "prior_chargebacks": 0,
-    "channel": "web",
-    "description": "birthday present for jane@example.com",
-}
-REVIEW = {**APPROVE, "amount": "800", "account_age_days": 60, "prior_chargebacks": 1}
 POLICY_BREACH = {**APPROVE, "country": "IR"}
 AUTO_PATH = tuple(n for n in NODE_NAMES if n != "escalate_for_approval")
 

@@ -30,28 +30,8 @@ from app.workflows.langgraph import (
 )
 from app.workflows.langgraph.instrumentation import InstrumentedRiskWorkflow
 from collectors.records import SpanRecord
+from tests.unit.workflows.payloads import APPROVE, HIGH_RISK, REVIEW
 
-APPROVE = {
-    "applicant_id": "app-1",
-    "amount": "120.50",
-    "currency": "USD",
-    "country": "US",
-    "merchant_category": "retail",
-    "account_age_days": 400,
-    "prior_chargebacks": 0,
-    "channel": "web",
-    "description": "birthday present for jane@example.com",
-}
-REVIEW = {**APPROVE, "amount": "800", "account_age_days": 60, "prior_chargebacks": 1}
-HIGH_RISK = {
-    **APPROVE,
-    "amount": "9000",
-    "currency": "EUR",
-    "merchant_category": "gambling",
-    "account_age_days": 5,
-    "prior_chargebacks": 3,
-    "channel": "api",
-}
 TENANT = "acme"
 
 

@@ -29,36 +29,9 @@ from app.workflows.langgraph.instrumentation import (
     build_instrumented_workflow,
 )
 from collectors.records import SpanRecord
+from tests.unit.workflows.payloads import APPROVE, HIGH_RISK, REJECT, REVIEW
 
 # The shapes of tests/unit/workflows/test_graph.py (scores under seed 0).
-APPROVE = {
-    "applicant_id": "app-1",
-    "amount": "120.50",
-    "currency": "USD",
-    "country": "US",
-    "merchant_category": "retail",
-    "account_age_days": 400,
-    "prior_chargebacks": 0,
-    "channel": "web",
-    "description": "birthday present for jane@example.com",
-}
-REVIEW = {**APPROVE, "amount": "800", "account_age_days": 60, "prior_chargebacks": 1}
-REJECT = {
-    **APPROVE,
-    "amount": "1500",
-    "merchant_category": "gambling",
-    "account_age_days": 10,
-    "prior_chargebacks": 2,
-}
-HIGH_RISK = {
-    **APPROVE,
-    "amount": "9000",
-    "currency": "EUR",
-    "merchant_category": "gambling",
-    "account_age_days": 5,
-    "prior_chargebacks": 3,
-    "channel": "api",
-}
 AUTO_PATH = tuple(n for n in NODE_NAMES if n != "escalate_for_approval")
 ESCALATE_PATH = tuple(n for n in NODE_NAMES if n != "auto_decision")
 ASYNC_NODES = frozenset({"risk_scoring", "evaluate"})

@@ -27,19 +27,7 @@ from app.workflows.langgraph import (
     WorkflowConfig,
 )
 from app.workflows.langgraph.instrumentation import InstrumentedRiskWorkflow
-
-APPROVE = {
-    "applicant_id": "app-1",
-    "amount": "120.50",
-    "currency": "USD",
-    "country": "US",
-    "merchant_category": "retail",
-    "account_age_days": 400,
-    "prior_chargebacks": 0,
-    "channel": "web",
-    "description": "birthday present for jane@example.com",
-}
-REVIEW = {**APPROVE, "amount": "800", "account_age_days": 60, "prior_chargebacks": 1}
+from tests.unit.workflows.payloads import APPROVE, REVIEW
 
 
 def make_request(payload: dict[str, Any], request_id: str, tenant: str = "t1") -> RiskRequest:
