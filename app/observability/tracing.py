@@ -364,6 +364,10 @@ class TracingService:
         ``root``). ``tenant_id``, ``correlation_id`` and ``request_id`` are
         inherited from a local parent when not given, and set as attributes.
 
+        The returned :class:`Span` is a context manager: leaving a ``with`` /
+        ``async with`` block ends it (an escaping exception marks it as an
+        error and propagates unchanged).
+
         With ``batch=True`` the span owns an :class:`Outbox`: the records of
         its descendants are enqueued together when it ends (the workflow
         instrumentation uses this to send a run as one batch per collector).
@@ -520,32 +524,10 @@ class TracingService:
         """Async form of :meth:`end_span_sync`."""
         return self.end_span_sync(span, status=status, error=error)
 
-    def span(
-        self,
-        name: str,
-        *,
-        kind: str = "internal",
-        parent: Span | SpanContext | None = None,
-        root: bool = False,
-        tenant_id: str | None = None,
-        correlation_id: str | None = None,
-        request_id: str | None = None,
-        attributes: Mapping[str, AttributeValue] | None = None,
-        batch: bool = False,
-    ) -> Span:
-        """Start a span for ``with`` or ``async with``; leaving the block ends it.
-
-        Same arguments as :meth:`start_span_sync`. The span starts (and
-        becomes current) when this is called, so call it in the ``with``
-        statement itself. An exception leaving the block marks the span as
-        an error with the exception's class, and propagates unchanged; a
-        span already ended inside the block is left as it is.
-        """
-        return self.start_span_sync(
-            name, kind=kind, parent=parent, root=root, tenant_id=tenant_id,
-            correlation_id=correlation_id, request_id=request_id, attributes=attributes,
-            batch=batch,
-        )
+    #: ``with obs.tracing.span("node", kind="node"):`` (or ``async with``): the
+    #: started :class:`Span` is its own context manager, so this is
+    #: :meth:`start_span_sync` under the name that reads well in a ``with``.
+    span = start_span_sync
 
     def record_finished_span(
         self,
