@@ -159,7 +159,7 @@ class Collector(ABC, Generic[StoreT]):
         batch_size: int = 4_096,
         overflow: OverflowPolicy = "drop_newest",
         block_timeout: float = 0.25,
-        linger: float = 0.02,
+        linger: float = 0.1,
     ) -> None:
         if maxsize <= 0:
             raise ValueError(f"maxsize must be positive, got {maxsize}")

@@ -65,7 +65,7 @@ class ObservabilitySettings(BaseModel):
     drain_batch_size: int = Field(default=4_096, ge=1)
     overflow_policy: Literal["drop_newest", "block"] = "drop_newest"
     block_timeout_seconds: float = Field(default=0.25, ge=0, allow_inf_nan=False)
-    linger_seconds: float = Field(default=0.02, ge=0, le=1, allow_inf_nan=False)
+    linger_seconds: float = Field(default=0.1, ge=0, le=1, allow_inf_nan=False)
     flush_timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     close_timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     drain_at_exit: bool = True
