@@ -318,7 +318,7 @@ class Collector(ABC, Generic[StoreT]):
         """
         if self._state is CollectorState.RUNNING:
             future: Future[ResultT] = Future()
-            if self._queue.offer_control(_Query(lambda: fn(self._store), future)):
+            if self._queue.offer_control(_Query(lambda: self._read_owned(fn), future)):
                 if self._state is not CollectorState.RUNNING:  # stopped or died meanwhile
                     self._sweep(self._refusal_reason())
                 return future.result(timeout)
@@ -447,6 +447,12 @@ class Collector(ABC, Generic[StoreT]):
         """Debug check: raise if called off the collector thread."""
         if threading.get_ident() != self._thread_ident:
             raise RuntimeError(f"store of collector {self.name!r} touched off its thread")
+
+    def _read_owned(self, fn: Callable[[StoreT], ResultT]) -> ResultT:
+        """Run a read query on the store; the debug check proves we are its owner."""
+        if __debug__:
+            self._check_owner()
+        return fn(self._store)
 
     def _run(self) -> None:
         self._thread_ident = threading.get_ident()
