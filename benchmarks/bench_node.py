@@ -468,15 +468,14 @@ collector threads then need {fmt_float(drain)} µs per node to apply its three r
 counter, a histogram observation with its quantile sketch, a span into the ring buffer via the
 redactor). On this 2-core machine the collectors' Python work holds the GIL, so it is paid
 inside the caller's loop: the *CPU* column shows both shares. The calling thread's share is
-the larger one: a span is `SpanScope` + `**kwargs` re-dispatch into `start_span_sync`
-(validation, attribute dict, id from the PRNG, `Span` with 17 slots, context-variable set),
-then `end_span_sync` (status logic, context reset, a 13-field `SpanRecord`, two tuple
-copies, a queue offer); each metric call builds a label tuple and a `MetricRecord` and offers
-it. While a collector lingers for a batch, every offer past its wake threshold also takes the
-queue mutex and calls `Condition.notify()` (`RecordQueue._wake`), until that collector gets
-the GIL: measured at ~2.5 wake calls per node (of 3 offers).
+the larger one: a span is `start_span_sync` (validation, attribute dict, id from the PRNG,
+`Span` with 18 slots, context-variable set) and, when the `with` block ends,
+`end_span_sync` (status logic, context reset, a 13-field `SpanRecord`, two tuple copies, a
+queue offer); each metric call builds a label tuple and a `MetricRecord` and offers it.
+Under callgrind one instrumented workflow node costs ~35k instructions on the calling
+thread, spread over some fifteen small Python functions: no single step dominates.
 
-Design changes, in order of payoff (for the lead; `app/` and `collectors/` are not touched here):
+Design changes, in order of payoff (2 and 3 are partly or wholly in the product code now):
 
 1. **Aggregate counters and histograms on the producer side** instead of shipping one
    `MetricRecord` per call: a per-thread accumulator `dict[(metric, labels)] -> value` (and a
@@ -485,16 +484,17 @@ Design changes, in order of payoff (for the lead; `app/` and `collectors/` are n
    prototype (`increment` into a thread-local dict) measured {fmt_float(part("proto_increment"))} µs
    in this run against {fmt_float(part("increment"))} µs for today's call, and the collector
    merges once per series per drain instead of applying once per call.
-2. **A cheaper span**: make `Span` its own context manager (drop `SpanScope` and the `**kwargs`
-   re-dispatch), keep only what the record needs, and send the ended `Span` object itself
-   (its slots are no longer written after `end`) so the collector builds the `SpanRecord`.
+2. **A cheaper span**: `Span` is now its own context manager (`TracingService.span` is
+   `start_span_sync`; the scope object and its `**kwargs` re-dispatch are gone). Still open:
+   keep only what the record needs, and send the ended `Span` object itself (its slots are
+   no longer written after `end`) so the collector builds the `SpanRecord`.
    The prototype (ids, clocks, context variable, queue append) measured
    {fmt_float(part("proto_span"))} µs for start+end in this run against
    {fmt_float(part("span"))} µs today (the collector would then build the record).
-3. **One wake-up per linger, not one per offer**: in `RecordQueue._wake`, after notifying
-   set `self._wake_at = _NEVER` (the consumer republishes its threshold under the mutex before
-   its next wait, so no wake-up is lost). In a separate count this takes the mutex-and-notify
-   calls from ~2.5 per node to ~0; {wake_verdict}
+3. **One wake-up per linger, not one per offer** (in the product code): `RecordQueue._wake`
+   sets `self._wake_at = _NEVER` after notifying (the consumer republishes its threshold under
+   the mutex before its next wait, so no wake-up is lost); the "wake patch" variant above now
+   applies the same change twice and is kept only as a control. {wake_verdict}
 4. **Batch per producer**: extend the run outbox (`batch=True` roots) to the metrics facade
    (append to the current outbox when there is one, as `log_generation_sync` does), which
    divides queue offers and wake-ups by the run's record count.
