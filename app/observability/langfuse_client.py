@@ -31,6 +31,8 @@ from collectors.records import AttributeValue, Batch, MetricRecord
 
 __all__ = ("Generation", "LangfuseClient")
 
+_new_tuple = tuple.__new__
+
 
 class Generation(NamedTuple):
     """What one logged generation recorded."""
@@ -130,16 +132,18 @@ class LangfuseClient:
             output_tokens=output_tokens, request_id=request_id, cost=estimated_cost,
         )
         cost, priced = cost_record.cost, cost_record.priced
-        usage = (
-            MetricRecord("model_usage_count",
-                         (("model_version", model_version), ("tenant_id", tenant_id)), 1),
-            MetricRecord("prompt_usage_count",
-                         (("prompt_version", prompt_version), ("tenant_id", tenant_id)), 1),
-            MetricRecord("token_usage", (("tenant_id", tenant_id),
-                         ("model_version", model_version), ("direction", "input")), input_tokens),
-            MetricRecord("token_usage", (("tenant_id", tenant_id),
-                         ("model_version", model_version), ("direction", "output")),
-                         output_tokens),
+        new = _new_tuple  # NamedTuples without their Python-level __new__ (hot path)
+        usage: tuple[MetricRecord, ...] = (
+            new(MetricRecord, ("model_usage_count",
+                               (("model_version", model_version), ("tenant_id", tenant_id)), 1)),
+            new(MetricRecord, ("prompt_usage_count",
+                               (("prompt_version", prompt_version), ("tenant_id", tenant_id)), 1)),
+            new(MetricRecord, ("token_usage", (("tenant_id", tenant_id),
+                               ("model_version", model_version), ("direction", "input")),
+                               input_tokens)),
+            new(MetricRecord, ("token_usage", (("tenant_id", tenant_id),
+                               ("model_version", model_version), ("direction", "output")),
+                               output_tokens)),
         )
         outbox = self._tracing.current_outbox()
         if outbox is not None:  # inside a batched workflow run: enqueued when it ends

@@ -432,6 +432,47 @@ class TracingService:
         span._token = self._current.set(span)
         return span
 
+    def start_child_span(self, name: str, kind: str) -> Span:
+        """Start a child of the current span: the instrumentation's hot path.
+
+        Equivalent to ``start_span_sync(name, kind=kind)`` when a local span
+        is current (identity inherited, no extra attributes), without the
+        argument checks: ``name`` and ``kind`` come from trusted code (the
+        node wrapper), so only the current span is looked at. With no local
+        span current it falls back to :meth:`start_span_sync`.
+        """
+        parent = self._current.get()
+        if type(parent) is not Span:
+            return self.start_span_sync(name, kind=kind)
+        span = _new_span(Span)
+        span.name = name
+        span.kind = kind
+        span.trace_id = parent.trace_id
+        span.span_id = self._rng.getrandbits(64) or 1
+        span.parent = parent
+        span.sampled = parent.sampled
+        span.tenant_id = tenant = parent.tenant_id
+        span.correlation_id = correlation = parent.correlation_id
+        span.request_id = request = parent.request_id
+        attrs: dict[str, AttributeValue] = {}
+        if tenant is not None:
+            attrs["tenant_id"] = tenant
+        if correlation is not None:
+            attrs["correlation_id"] = correlation
+        if request is not None:
+            attrs["request_id"] = request
+        span.attributes = attrs
+        span.events = []
+        outbox = parent.outbox
+        span.outbox = outbox if outbox is not None and outbox.open else None
+        span.status = "unset"
+        span.end_ns = 0
+        span.start_ns = time.time_ns()
+        span._perf_start = time.perf_counter_ns()
+        span._service = self
+        span._token = self._current.set(span)
+        return span
+
     async def start_span(self, name: str, **kwargs: Any) -> Span:
         """Async form of :meth:`start_span_sync`; the span becomes current in the caller."""
         return self.start_span_sync(name, **kwargs)
@@ -478,13 +519,14 @@ class TracingService:
             except ValueError:  # ended in another context than it started in
                 self._current.set(span.parent)
         parent = span.parent
-        record = SpanRecord(
+        # tuple.__new__ directly: the NamedTuple's own __new__ is a Python frame.
+        record: SpanRecord = _new_tuple(SpanRecord, (
             span.trace_id, span.span_id, parent.span_id if parent is not None else 0,
             span.name, span.kind, span.start_ns, span.end_ns, span.status,
             error_type, error_message, tuple(span.attributes.items()),
             tuple(span.events) if span.events else (),
             type(parent) is SpanContext and parent.remote,
-        )
+        ))
         outbox = span.outbox
         if outbox is None or not outbox.open:  # not batched, or ending after its root
             if span.sampled and self._collector is not None:
@@ -495,7 +537,8 @@ class TracingService:
             if type(parent) is not Span or parent.outbox is not outbox:  # the owner ends
                 outbox.open = False
                 self.send_outbox(outbox)
-            elif outbox.size() >= outbox.limit:
+            elif (len(outbox.spans) + len(outbox.metrics) + len(outbox.costs)
+                  >= outbox.limit):
                 self.send_outbox(outbox)
         return record
 
@@ -552,11 +595,11 @@ class TracingService:
             parent_id = 0
         else:
             trace_id, sampled, parent_id = parent.trace_id, parent.sampled, parent.span_id
-        record = SpanRecord(
+        record: SpanRecord = _new_tuple(SpanRecord, (
             trace_id, self._rng.getrandbits(64) or 1, parent_id, name, kind, start_ns, end_ns,
             status, None, None, tuple(attributes.items()), (),
             type(parent) is SpanContext and parent.remote,
-        )
+        ))
         if sampled:
             outbox = parent.outbox if type(parent) is Span else None
             if outbox is not None and outbox.open:
@@ -583,6 +626,10 @@ class TracingService:
         return self._collector.spans(
             trace_id=trace_id, tenant_id=tenant_id, timeout=self._read_timeout
         )
+
+
+_new_span = object.__new__
+_new_tuple = tuple.__new__
 
 
 def _take(items: list[Any]) -> list[Any]:

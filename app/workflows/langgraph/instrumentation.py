@@ -54,6 +54,8 @@ __all__ = ("InstrumentedRiskWorkflow", "WorkflowInstrumentation", "build_instrum
 
 T = TypeVar("T")
 
+_new_tuple = tuple.__new__
+
 #: Attribute set on an exception once it has been classified and counted, so
 #: the workflow level does not count a node's failure a second time.
 _CLASSIFIED = "__risk_engine_failure_category__"
@@ -84,7 +86,7 @@ class WorkflowInstrumentation:
             A coroutine function for a coroutine function, a plain function
             for a plain one, with ``__wrapped__`` set to ``fn``.
         """
-        start = self._tracing.start_span_sync
+        start = self._tracing.start_child_span
         after = self._after_node
         failed = self._node_failed
 
@@ -93,7 +95,7 @@ class WorkflowInstrumentation:
 
             @functools.wraps(fn)
             async def async_node(*args: Any, **kwargs: Any) -> Any:
-                span = start(name, kind="node")
+                span = start(name, "node")
                 try:
                     result = await async_fn(*args, **kwargs)
                 except BaseException as exc:
@@ -106,7 +108,7 @@ class WorkflowInstrumentation:
 
         @functools.wraps(fn)
         def sync_node(*args: Any, **kwargs: Any) -> Any:
-            span = start(name, kind="node")
+            span = start(name, "node")
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
@@ -158,7 +160,9 @@ class WorkflowInstrumentation:
         labels: tuple[tuple[str, str], ...] = (("node", name), ("status", status))
         if span.tenant_id:
             labels += (("tenant_id", span.tenant_id),)
-        metric = MetricRecord("node_execution_latency", labels, record.duration_seconds)
+        seconds = (record.end_ns - record.start_ns) / 1e9
+        # The NamedTuple without its Python-level __new__ (this runs once per node).
+        metric: MetricRecord = _new_tuple(MetricRecord, ("node_execution_latency", labels, seconds))
         outbox = span.outbox
         if outbox is not None and outbox.open:
             outbox.metrics.append(metric)
