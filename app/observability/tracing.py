@@ -124,10 +124,6 @@ class Outbox:
         self.limit = limit
         self.open = True
 
-    def size(self) -> int:
-        """Records waiting."""
-        return len(self.spans) + len(self.metrics) + len(self.costs)
-
 
 class Span:
     """A started span. Mutable until it ends; then it is sent as a record.
@@ -451,17 +447,10 @@ class TracingService:
         span.span_id = self._rng.getrandbits(64) or 1
         span.parent = parent
         span.sampled = parent.sampled
-        span.tenant_id = tenant = parent.tenant_id
-        span.correlation_id = correlation = parent.correlation_id
-        span.request_id = request = parent.request_id
-        attrs: dict[str, AttributeValue] = {}
-        if tenant is not None:
-            attrs["tenant_id"] = tenant
-        if correlation is not None:
-            attrs["correlation_id"] = correlation
-        if request is not None:
-            attrs["request_id"] = request
-        span.attributes = attrs
+        span.tenant_id = parent.tenant_id
+        span.correlation_id = parent.correlation_id
+        span.request_id = parent.request_id
+        span.attributes = parent.identity_attributes()
         span.events = []
         outbox = parent.outbox
         span.outbox = outbox if outbox is not None and outbox.open else None

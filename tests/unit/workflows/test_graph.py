@@ -7,8 +7,7 @@ import asyncio
 import dataclasses
 import functools
 import inspect
-import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, get_type_hints
 
 import langsmith
@@ -529,36 +528,6 @@ async def test_sync_runner_refuses_a_running_loop() -> None:
 
 
 # --- LangSmith stays off ---------------------------------------------------------------
-
-
-@pytest.fixture
-def langsmith_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2"):
-        monkeypatch.setenv(name, "true")
-    for name in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY"):
-        monkeypatch.setenv(name, "x")
-    # langsmith caches what it read from the environment (functools.lru_cache).
-    ls_utils.get_env_var.cache_clear()  # type: ignore[attr-defined]
-    yield
-    monkeypatch.undo()
-    ls_utils.get_env_var.cache_clear()  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def network_attempts(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    attempts: list[object] = []
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        attempts.append(args)
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    # Name resolution comes before any connect; without it a sandbox with no
-    # DNS would fail before reaching the patched connect.
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)
-    return attempts
 
 
 @pytest.mark.asyncio

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -63,34 +62,6 @@ class RecordingTracer(BaseTracer):
 
     def _persist_run(self, run: Run) -> None:
         self.persisted.append(run)
-
-
-@pytest.fixture
-def langsmith_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name in ("LANGSMITH_TRACING", "LANGCHAIN_TRACING_V2"):
-        monkeypatch.setenv(name, "true")
-    for name in ("LANGSMITH_API_KEY", "LANGCHAIN_API_KEY"):
-        monkeypatch.setenv(name, "lsv2-not-a-real-key")
-    # langsmith caches what it read from the environment (functools.lru_cache).
-    ls_utils.get_env_var.cache_clear()  # type: ignore[attr-defined]
-    yield
-    monkeypatch.undo()
-    ls_utils.get_env_var.cache_clear()  # type: ignore[attr-defined]
-
-
-@pytest.fixture
-def network_attempts(monkeypatch: pytest.MonkeyPatch) -> list[object]:
-    attempts: list[object] = []
-
-    def refuse(*args: object, **kwargs: object) -> None:
-        attempts.append(args)
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket.socket, "connect", refuse)
-    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
-    monkeypatch.setattr(socket, "create_connection", refuse)
-    monkeypatch.setattr(socket, "getaddrinfo", refuse)  # resolution comes before a connect
-    return attempts
 
 
 def test_the_network_guard_sees_an_attempt(network_attempts: list[object]) -> None:
