@@ -120,14 +120,19 @@ class MetricsStoreCollector(Collector[MetricsStore]):
     def _new_store(self) -> MetricsStore:
         return MetricsStore()
 
-    def _apply(self, record: MetricRecord) -> None:
-        """Add or observe one value. Runs on the collector thread only."""
+    def _apply(self, record: MetricRecord | tuple[str, Labels, int | float]) -> None:
+        """Add or observe one value. Runs on the collector thread only.
+
+        ``record`` is a :class:`MetricRecord` or a plain ``(metric, labels,
+        value)`` tuple (what the library's producers send; see
+        :mod:`collectors.records`).
+        """
+        metric, labels, value = record
         store = self._store
-        key = (record.metric, record.labels)
-        series = store.by_key.get(key)
+        series = store.by_key.get((metric, labels))
         if series is None:
-            series = self._resolve(store, record.metric, record.labels)
-        series.add(record.value)
+            series = self._resolve(store, metric, labels)
+        series.add(value)
 
     def _resolve(self, store: MetricsStore, metric: str, labels: Labels) -> _Counter | _Histogram:
         spec = self._catalog[metric]

@@ -9,14 +9,35 @@ thread before the record leaves it.
 Timestamps are integers of nanoseconds since the Unix epoch, which is UTC by
 definition; the ``*_time`` properties turn them into timezone-aware
 ``datetime`` objects for people.
+
+**On the wire, records are plain tuples.** The library's own producers put
+exact ``tuple`` objects, field for field in the order of the classes below,
+on the queues and into run outboxes; collectors read them by position (so a
+``NamedTuple`` sent by a caller works the same), and the trace store keeps
+spans as plain tuples too. Readers get the typed ``NamedTuple`` views
+(:func:`as_span_record`). The reason is CPython's cyclic garbage collector:
+it stops tracking an exact tuple of atoms (strings, numbers, ``Decimal``,
+nested such tuples) at the first collection it survives, but a ``NamedTuple``
+subclass stays tracked for life. Nesting is kept shallow for the same
+reason: a collection untracks one level of nested tuples at a time (an inner
+tuple is moved behind its container while the collector looks for
+unreachable objects), so a span tuple carries its attributes flat, ``("k1",
+v1, "k2", v2)``, not as pairs -- two levels, untracked by the first
+collection of the middle generation at the latest. Records wait in a queue for up to a linger
+(0.1 s) and spans stay in the trace ring, so tracked records outlived two
+young collections and were promoted to the oldest generation: ~35 per
+workflow run, enough to trigger a full collection (~90 ms with LangGraph
+loaded) every ~1,000 runs. As plain tuples they are untracked at their first
+collection and never promoted.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import chain
 from types import MappingProxyType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 __all__ = (
     "AttributeValue",
@@ -27,7 +48,10 @@ __all__ = (
     "MetricRecord",
     "SpanEvent",
     "SpanRecord",
+    "as_span_record",
+    "flat_attributes",
     "ns_to_datetime",
+    "paired_attributes",
 )
 
 AttributeValue = str | bool | int | float
@@ -49,6 +73,37 @@ class MetricRecord(NamedTuple):
     metric: str
     labels: Labels
     value: int | float
+
+
+def flat_attributes(pairs: tuple[tuple[str, Any], ...]) -> tuple[Any, ...]:
+    """``(("k1", v1), ("k2", v2))`` -> ``("k1", v1, "k2", v2)``: the wire form."""
+    return tuple(chain.from_iterable(pairs))
+
+
+def paired_attributes(flat: tuple[Any, ...]) -> tuple[tuple[str, Any], ...]:
+    """The inverse of :func:`flat_attributes`; pairs pass through unchanged."""
+    if not flat or type(flat[0]) is tuple:
+        return flat
+    return tuple(zip(flat[::2], flat[1::2], strict=True))
+
+
+def as_span_record(record: tuple[Any, ...]) -> SpanRecord:
+    """The typed view of a span record received or stored as a plain tuple.
+
+    A plain span tuple carries its attributes flat (``("k1", v1, "k2",
+    v2)``); the view has them as ``(key, value)`` pairs, as documented on
+    :class:`SpanRecord`.
+    """
+    if type(record) is SpanRecord:
+        return record
+    attributes = record[10]
+    if attributes and type(attributes[0]) is not tuple:
+        record = (*record[:10], paired_attributes(attributes), *record[11:])
+    view: SpanRecord = _new_tuple(SpanRecord, record)
+    return view
+
+
+_new_tuple = tuple.__new__
 
 
 class SpanEvent(NamedTuple):

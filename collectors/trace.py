@@ -23,13 +23,15 @@ import structlog
 
 from collectors.base import Collector
 from collectors.export import ExportStats, ExportWorker, SpanExporter
-from collectors.records import SpanRecord
+from collectors.records import SpanRecord, as_span_record, flat_attributes
 
 __all__ = ("SpanRedactor", "TraceStore", "TraceStoreCollector")
 
 _logger = structlog.get_logger(__name__)
 
 SpanRedactor = Callable[[SpanRecord], SpanRecord]
+
+_SPAN_FIELDS = len(SpanRecord._fields)
 
 
 class TraceStore:
@@ -38,11 +40,12 @@ class TraceStore:
     __slots__ = ("evicted", "received", "spans", "unexported")
 
     def __init__(self, capacity: int) -> None:
-        self.spans: deque[SpanRecord] = deque(maxlen=capacity)
+        #: Plain tuples in :class:`SpanRecord` field order (untracked by the GC).
+        self.spans: deque[tuple[Any, ...]] = deque(maxlen=capacity)
         self.evicted = 0
         self.received = 0
         #: Stored spans not yet handed to the exporters (only with exporters).
-        self.unexported: list[SpanRecord] = []
+        self.unexported: list[tuple[Any, ...]] = []
 
 
 class TraceStoreCollector(Collector[TraceStore]):
@@ -76,6 +79,8 @@ class TraceStoreCollector(Collector[TraceStore]):
             raise ValueError("export_batch_size must be at least 1")
         self._capacity = capacity
         self._redactor = redactor
+        #: The library's redactor reads spans by position; others get a SpanRecord.
+        self._redact_tuples = bool(getattr(redactor, "accepts_plain_tuples", False))
         self._export_batch_size = export_batch_size
         self._workers = tuple(
             ExportWorker(exporter, name=name, max_queued_batches=export_queue_batches,
@@ -89,10 +94,24 @@ class TraceStoreCollector(Collector[TraceStore]):
     def _new_store(self) -> TraceStore:
         return TraceStore(self._capacity)
 
-    def _apply(self, record: SpanRecord) -> None:
-        """Store one finished span, evicting the oldest if full. Collector thread only."""
-        if self._redactor is not None:
-            record = self._redactor(record)
+    def _apply(self, record: tuple[Any, ...]) -> None:
+        """Store one finished span, evicting the oldest if full. Collector thread only.
+
+        ``record`` is a :class:`SpanRecord` or a plain tuple in its field
+        order; it is stored as a plain tuple with flat attributes (see
+        :mod:`collectors.records` on why) and read back as a :class:`SpanRecord`.
+        """
+        if len(record) != _SPAN_FIELDS:
+            raise ValueError(f"a span record has {_SPAN_FIELDS} fields, got {len(record)}")
+        attributes = record[10]
+        if attributes and type(attributes[0]) is tuple:  # sent as pairs: store flat
+            record = (*record[:10], flat_attributes(attributes), *record[11:])
+        redactor = self._redactor
+        if redactor is not None:
+            record = redactor(record if self._redact_tuples  # type: ignore[arg-type]
+                              else as_span_record(record))
+        if type(record) is not tuple:
+            record = tuple(record)
         store = self._store
         spans = store.spans
         if len(spans) == self._capacity:
@@ -120,7 +139,7 @@ class TraceStoreCollector(Collector[TraceStore]):
         size = self._export_batch_size
         try:
             for start in range(0, len(pending), size):
-                chunk = tuple(pending[start : start + size])
+                chunk = tuple(map(as_span_record, pending[start : start + size]))
                 for worker in self._workers:
                     worker.submit(chunk)
         except Exception as exc:  # never let an export problem kill the collector
@@ -142,11 +161,12 @@ class TraceStoreCollector(Collector[TraceStore]):
         def select(store: TraceStore) -> tuple[SpanRecord, ...]:
             found: list[SpanRecord] = []
             for span in store.spans:
-                if trace_id is not None and span.trace_id != trace_id:
+                if trace_id is not None and span[0] != trace_id:
                     continue
-                if tenant_id is not None and ("tenant_id", tenant_id) not in span.attributes:
+                record = as_span_record(span)
+                if tenant_id is not None and ("tenant_id", tenant_id) not in record.attributes:
                     continue
-                found.append(span)
+                found.append(record)
             return tuple(found)
 
         return self.query(select, timeout)

@@ -27,11 +27,12 @@ from typing import NamedTuple
 from app.observability.cost_tracker import CostTracker
 from app.observability.tracing import TracingService, _check_attribute
 from collectors.metrics import MetricsStoreCollector
-from collectors.records import AttributeValue, Batch, MetricRecord
+from collectors.records import AttributeValue, Batch, Labels
 
 __all__ = ("Generation", "LangfuseClient")
 
-_new_tuple = tuple.__new__
+#: Usage label sets kept ready-made (tenants x models x prompts).
+_LABEL_CACHE_SIZE = 4_096
 
 
 class Generation(NamedTuple):
@@ -59,6 +60,8 @@ class LangfuseClient:
         self._tracing = tracing
         self._costs = costs
         self._metrics = metrics
+        #: (tenant, model, prompt) -> the usage metrics' label sets (bounded).
+        self._usage_labels: dict[tuple[str, str, str], tuple[Labels, Labels, Labels, Labels]] = {}
 
     def log_generation_sync(
         self,
@@ -132,18 +135,17 @@ class LangfuseClient:
             output_tokens=output_tokens, request_id=request_id, cost=estimated_cost,
         )
         cost, priced = cost_record.cost, cost_record.priced
-        new = _new_tuple  # NamedTuples without their Python-level __new__ (hot path)
-        usage: tuple[MetricRecord, ...] = (
-            new(MetricRecord, ("model_usage_count",
-                               (("model_version", model_version), ("tenant_id", tenant_id)), 1)),
-            new(MetricRecord, ("prompt_usage_count",
-                               (("prompt_version", prompt_version), ("tenant_id", tenant_id)), 1)),
-            new(MetricRecord, ("token_usage", (("tenant_id", tenant_id),
-                               ("model_version", model_version), ("direction", "input")),
-                               input_tokens)),
-            new(MetricRecord, ("token_usage", (("tenant_id", tenant_id),
-                               ("model_version", model_version), ("direction", "output")),
-                               output_tokens)),
+        labels = self._usage_labels.get((tenant_id, model_version, prompt_version))
+        if labels is None:
+            labels = self._usage_label_sets(tenant_id, model_version, prompt_version)
+        model, prompt, tokens_in, tokens_out = labels
+        # Plain (metric, labels, value) tuples sharing ready-made labels: see
+        # collectors.records on why both matter to the garbage collector.
+        usage = (
+            ("model_usage_count", model, 1),
+            ("prompt_usage_count", prompt, 1),
+            ("token_usage", tokens_in, input_tokens),
+            ("token_usage", tokens_out, output_tokens),
         )
         outbox = self._tracing.current_outbox()
         if outbox is not None:  # inside a batched workflow run: enqueued when it ends
@@ -154,29 +156,45 @@ class LangfuseClient:
             self._metrics.send(Batch(usage), len(usage))
         if event_id is None:
             event_id = f"gen-{self._tracing.new_id()}"
-        attributes: dict[str, AttributeValue] = {
-            "tenant_id": tenant_id,
-            "model_version": model_version,
-            "prompt_version": prompt_version,
-            "input_tokens": input_tokens,
-            "output_tokens": output_tokens,
-            "cost_usd": str(cost),
-            "priced": priced,
-            "event_id": event_id,
-            "provider": provider,
-        }
-        if parent is not None and parent.correlation_id is not None:
-            attributes["correlation_id"] = parent.correlation_id
-        if request_id is not None:
-            attributes["request_id"] = request_id
-        if metadata:
-            for key, value in metadata.items():
-                attributes.setdefault(key, value)
-        record = self._tracing.record_finished_span(
-            name, kind="generation", start_ns=end_ns - duration_ns, end_ns=end_ns,
-            attributes=attributes,
+        # The span's attributes, flat: the records' wire form (collectors.records).
+        attributes: tuple[AttributeValue, ...] = (
+            "tenant_id", tenant_id,
+            "model_version", model_version,
+            "prompt_version", prompt_version,
+            "input_tokens", input_tokens,
+            "output_tokens", output_tokens,
+            "cost_usd", str(cost),
+            "priced", priced,
+            "event_id", event_id,
+            "provider", provider,
         )
-        return Generation(event_id, cost, priced, record.trace_id, record.span_id)
+        if parent is not None and parent.correlation_id is not None:
+            attributes += ("correlation_id", parent.correlation_id)
+        if request_id is not None:
+            attributes += ("request_id", request_id)
+        if metadata:
+            taken = set(attributes[::2])
+            for key, value in metadata.items():
+                if key not in taken:
+                    attributes += (key, value)
+        record = self._tracing.record_finished(
+            name, "generation", end_ns - duration_ns, end_ns, attributes
+        )
+        return Generation(event_id, cost, priced, record[0], record[1])
+
+    def _usage_label_sets(
+        self, tenant_id: str, model_version: str, prompt_version: str
+    ) -> tuple[Labels, Labels, Labels, Labels]:
+        labels = (
+            (("model_version", model_version), ("tenant_id", tenant_id)),
+            (("prompt_version", prompt_version), ("tenant_id", tenant_id)),
+            (("direction", "input"), ("model_version", model_version), ("tenant_id", tenant_id)),
+            (("direction", "output"), ("model_version", model_version), ("tenant_id", tenant_id)),
+        )
+        if len(self._usage_labels) >= _LABEL_CACHE_SIZE:  # a tenant flood must not grow it
+            self._usage_labels.clear()
+        self._usage_labels[(tenant_id, model_version, prompt_version)] = labels
+        return labels
 
     async def log_generation(self, **kwargs: object) -> Generation:
         """Async form of :meth:`log_generation_sync` (same keyword arguments)."""

@@ -1,7 +1,7 @@
 """``MetricsCollector``: the metrics facade the specification names.
 
 This facade validates arguments, builds one immutable
-:class:`~collectors.records.MetricRecord` and hands it to the metrics actor
+:class:`~collectors.records.MetricRecord` (as a plain tuple) and hands it to the metrics actor
 (:class:`collectors.metrics.MetricsStoreCollector`, the thread that owns the
 store) without blocking. Reads (``export_metrics()``, ``families()``,
 ``render_prometheus()``) ask that actor for an immutable snapshot.
@@ -26,7 +26,7 @@ from collectors.base import CollectorState
 from collectors.cost import CostStoreCollector
 from collectors.metrics import MetricsStoreCollector
 from collectors.pipeline import Pipeline
-from collectors.records import MetricRecord
+from collectors.records import Labels
 from collectors.snapshots import HistogramSeries, MetricFamily, MetricSpec, ValueSeries
 from collectors.trace import TraceStoreCollector
 
@@ -84,10 +84,10 @@ class MetricsCollector:
             for name, spec in catalog.items() if spec.type == "histogram"
         }
         self._send = collector.send
-        #: Label sets already validated, per metric (a bounded cache).
-        self._valid: dict[str, set[tuple[tuple[str, Any], ...]]] = {
-            name: set() for name in catalog
-        }
+        #: Label sets already validated, per metric (a bounded cache). Each maps
+        #: to itself: records carry the first instance, one long-lived tuple the
+        #: GC has untracked, instead of the caller's new one (collectors.records).
+        self._valid: dict[str, dict[Labels, Labels]] = {name: {} for name in catalog}
 
     @property
     def catalog(self) -> Mapping[str, MetricSpec]:
@@ -124,9 +124,10 @@ class MetricsCollector:
         else:
             raise TypeError(f"amount must be an int or float, got {kind.__name__}")
         key = tuple(labels.items())
-        if not self._known_labels(metric, key):
-            self._check_labels(metric, allowed, labels, key)
-        self._send(MetricRecord(metric, key, amount))
+        known = self._known_labels(metric, key)
+        if known is None:
+            known = self._check_labels(metric, allowed, labels, key)
+        self._send((metric, known, amount))  # a plain tuple: see collectors.records
 
     def observe_latency(self, metric: str, seconds: float, /, **labels: str) -> None:
         """Observe one latency, in seconds, in a histogram.
@@ -150,33 +151,41 @@ class MetricsCollector:
         if not 0 <= seconds <= _FLOAT_MAX:  # also rejects NaN, inf and ints past float range
             raise ValueError(f"latency must be finite and >= 0 seconds, got {seconds!r}")
         key = tuple(labels.items())
-        if not self._known_labels(metric, key):
-            self._check_labels(metric, allowed, labels, key)
-        self._send(MetricRecord(metric, key, seconds))
+        known = self._known_labels(metric, key)
+        if known is None:
+            known = self._check_labels(metric, allowed, labels, key)
+        self._send((metric, known, seconds))
 
     #: ``observe`` is the general name for histograms that are not latencies.
     observe = observe_latency
 
-    def _known_labels(self, metric: str, key: tuple[tuple[str, Any], ...]) -> bool:
-        """Whether ``key`` is a label set validated before (the fast path).
+    def _known_labels(self, metric: str, key: tuple[tuple[str, Any], ...]) -> Labels | None:
+        """The validated instance of ``key`` if it was validated before (the fast path).
 
-        Set membership compares by equality, and a ``str`` subclass (a
-        ``StrEnum`` member) equals the plain string validated earlier, so the
-        value types are checked here too: a call is accepted or refused the
-        same way whatever was recorded before it.
+        Lookup compares by equality, and a ``str`` subclass (a ``StrEnum``
+        member) equals the plain string validated earlier, so the value types
+        are checked here too: a call is accepted or refused the same way
+        whatever was recorded before it.
         """
         try:
-            if key not in self._valid[metric]:
-                return False
+            known = self._valid[metric].get(key)
         except TypeError:  # an unhashable label value: the full check names it
-            return False
-        return all(type(value) is str for _, value in key)
+            return None
+        if known is not None:
+            for pair in key:
+                if type(pair[1]) is not str:
+                    return None
+        return known
 
     def _check_labels(
         self, metric: str, allowed: frozenset[str], labels: dict[str, Any],
         key: tuple[tuple[str, Any], ...],
-    ) -> None:
-        """Validate a label set once; remember it so the next call skips the checks."""
+    ) -> Labels:
+        """Validate a label set once; remember it so the next call skips the checks.
+
+        Returns:
+            ``key``, now the validated instance.
+        """
         if not labels.keys() <= allowed:
             extra = sorted(labels.keys() - allowed)
             raise ValueError(
@@ -196,7 +205,8 @@ class MetricsCollector:
         valid = self._valid[metric]
         if len(valid) >= _VALID_CACHE_SIZE:  # bounded: a label flood must not grow it
             valid.clear()
-        valid.add(key)
+        valid[key] = key
+        return key
 
     # --- reading (answered by the collector threads) ------------------------
 

@@ -28,6 +28,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from contextvars import ContextVar, Token
+from itertools import chain
 from types import TracebackType
 from typing import Any, NamedTuple
 
@@ -36,9 +37,10 @@ from collectors.records import (
     AttributeValue,
     Batch,
     CostRecord,
-    MetricRecord,
+    Labels,
     SpanEvent,
     SpanRecord,
+    as_span_record,
 )
 from collectors.trace import TraceStoreCollector
 
@@ -118,8 +120,9 @@ class Outbox:
     __slots__ = ("costs", "limit", "metrics", "open", "spans")
 
     def __init__(self, limit: int = 512) -> None:
-        self.spans: list[SpanRecord] = []
-        self.metrics: list[MetricRecord] = []
+        # Plain tuples in record field order (see collectors.records).
+        self.spans: list[tuple[Any, ...]] = []
+        self.metrics: list[tuple[Any, ...]] = []
         self.costs: list[CostRecord] = []
         self.limit = limit
         self.open = True
@@ -134,7 +137,7 @@ class Span:
 
     __slots__ = (
         "_perf_start", "_service", "_token", "attributes", "correlation_id", "end_ns", "events",
-        "kind",
+        "identity", "kind",
         "name", "outbox", "parent", "request_id", "sampled", "span_id", "start_ns", "status",
         "tenant_id", "trace_id",
     )
@@ -150,11 +153,15 @@ class Span:
         self.span_id = span_id
         self.parent = parent
         self.sampled = sampled
+        #: Attributes set on this span (the identity attributes are kept apart).
         self.attributes = attributes
         self.tenant_id = tenant_id
         self.correlation_id = correlation_id
         self.request_id = request_id
-        self.events: list[SpanEvent] = []
+        #: The tenant, correlation and request id attributes, flat (``("k1",
+        #: v1, ...)``, the records' wire form): one tuple, shared by a run's spans.
+        self.identity = _identity(tenant_id, correlation_id, request_id)
+        self.events: list[SpanEvent] | None = None
         self.outbox: Outbox | None = None
         self.status = "unset"
         self.end_ns = 0
@@ -190,14 +197,7 @@ class Span:
 
     def identity_attributes(self) -> dict[str, AttributeValue]:
         """A new dict of the tenant, correlation and request ids that are set."""
-        attrs: dict[str, AttributeValue] = {}
-        if self.tenant_id is not None:
-            attrs["tenant_id"] = self.tenant_id
-        if self.correlation_id is not None:
-            attrs["correlation_id"] = self.correlation_id
-        if self.request_id is not None:
-            attrs["request_id"] = self.request_id
-        return attrs
+        return _pairs_dict(self.identity)
 
     def elapsed_seconds(self) -> float:
         """Seconds since the span started (monotonic clock)."""
@@ -224,15 +224,23 @@ class Span:
             raise ValueError("event name must be a non-empty str")
         for key, value in attributes.items():
             _check_attribute(key, value)
-        self.events.append(SpanEvent(name, time.time_ns(), tuple(attributes.items())))
+        event = SpanEvent(name, time.time_ns(), tuple(attributes.items()))
+        if self.events is None:
+            self.events = [event]
+        else:
+            self.events.append(event)
 
     def record_exception(self, exc: BaseException) -> None:
         """Mark the span as failed and add an ``exception`` event."""
         self.status = "error"
-        self.events.append(SpanEvent("exception", time.time_ns(), (
+        event = SpanEvent("exception", time.time_ns(), (
             ("exception.type", exception_type_name(exc)),
             ("exception.message", str(exc)[:_MAX_ERROR_MESSAGE]),
-        )))
+        ))
+        if self.events is None:
+            self.events = [event]
+        else:
+            self.events.append(event)
 
     def __repr__(self) -> str:
         return f"<Span {self.kind}:{self.name} {self.trace_id:032x}/{self.span_id:016x}>"
@@ -248,7 +256,7 @@ class Span:
         tb: TracebackType | None,
     ) -> None:
         if not self.end_ns and self._service is not None:
-            self._service.end_span_sync(self, error=exc)
+            self._service.finish(self, None, exc)  # a live span of ours: no checks needed
 
     async def __aenter__(self) -> Span:
         return self
@@ -389,7 +397,6 @@ class TracingService:
             # The common child span: identity inherited, already validated.
             tenant_id, correlation_id, request_id = (
                 parent.tenant_id, parent.correlation_id, parent.request_id)
-            attrs: dict[str, AttributeValue] = parent.identity_attributes()
         else:
             if type(parent) is Span:
                 if tenant_id is None:
@@ -398,13 +405,13 @@ class TracingService:
                     correlation_id = parent.correlation_id
                 if request_id is None:
                     request_id = parent.request_id
-            attrs = {}
             if tenant_id is not None:
-                attrs["tenant_id"] = _check_id("tenant_id", tenant_id)
+                _check_id("tenant_id", tenant_id)
             if correlation_id is not None:
-                attrs["correlation_id"] = _check_id("correlation_id", correlation_id)
+                _check_id("correlation_id", correlation_id)
             if request_id is not None:
-                attrs["request_id"] = _check_id("request_id", request_id)
+                _check_id("request_id", request_id)
+        attrs: dict[str, AttributeValue] = {}
         if attributes:
             for key, value in attributes.items():
                 _check_attribute(key, value)
@@ -450,8 +457,9 @@ class TracingService:
         span.tenant_id = parent.tenant_id
         span.correlation_id = parent.correlation_id
         span.request_id = parent.request_id
-        span.attributes = parent.identity_attributes()
-        span.events = []
+        span.identity = parent.identity
+        span.attributes = {}
+        span.events = None
         outbox = parent.outbox
         span.outbox = outbox if outbox is not None and outbox.open else None
         span.status = "unset"
@@ -492,7 +500,26 @@ class TracingService:
             raise ValueError(f"status must be one of {sorted(_STATUSES)}, got {status!r}")
         if error is not None and not isinstance(error, BaseException):
             raise TypeError(f"error must be an exception, got {type(error).__name__}")
-        span.end_ns = span.start_ns + (time.perf_counter_ns() - span._perf_start)
+        return as_span_record(self.finish(span, status, error))
+
+    def finish(
+        self, span: Span, status: str | None = None, error: BaseException | None = None,
+        latency_metric: str | None = None, labels: Labels = (),
+    ) -> tuple[Any, ...]:
+        """End ``span`` like :meth:`end_span_sync`, for trusted callers: no checks.
+
+        The node wrapper's hot path. ``span`` must be a live :class:`Span`,
+        ``status`` one of the statuses or ``None``, ``error`` an exception or
+        ``None``. With ``latency_metric`` (a histogram of the catalog, and
+        ``labels`` valid for it, checked by the caller) the span's duration
+        is also recorded there, in the same outbox or straight to the metrics
+        actor, whether or not the span is sampled.
+
+        Returns:
+            The record as a plain tuple in :class:`SpanRecord` field order.
+        """
+        end_ns = span.start_ns + (time.perf_counter_ns() - span._perf_start)
+        span.end_ns = end_ns
         error_type = error_message = None
         if error is not None:
             span.record_exception(error)
@@ -502,27 +529,35 @@ class TracingService:
             span.status = status
         elif span.status == "unset":
             span.status = "ok"
-        if self._current.get() is span and span._token is not None:
+        current = self._current
+        if current.get() is span and span._token is not None:
             try:
-                self._current.reset(span._token)
+                current.reset(span._token)
             except ValueError:  # ended in another context than it started in
-                self._current.set(span.parent)
+                current.set(span.parent)
         parent = span.parent
-        # tuple.__new__ directly: the NamedTuple's own __new__ is a Python frame.
-        record: SpanRecord = _new_tuple(SpanRecord, (
+        attributes = span.attributes
+        events = span.events
+        # A plain tuple, not a SpanRecord: see collectors.records on the GC.
+        record = (
             span.trace_id, span.span_id, parent.span_id if parent is not None else 0,
-            span.name, span.kind, span.start_ns, span.end_ns, span.status,
-            error_type, error_message, tuple(span.attributes.items()),
-            tuple(span.events) if span.events else (),
+            span.name, span.kind, span.start_ns, end_ns, span.status,
+            error_type, error_message,
+            _merge(span.identity, attributes) if attributes else span.identity,
+            tuple(events) if events else (),
             type(parent) is SpanContext and parent.remote,
-        ))
+        )
         outbox = span.outbox
         if outbox is None or not outbox.open:  # not batched, or ending after its root
             if span.sampled and self._collector is not None:
                 self._collector.send(record)
+            if latency_metric is not None and self._metrics is not None:
+                self._metrics.send((latency_metric, labels, (end_ns - span.start_ns) / 1e9))
         else:
             if span.sampled:
                 outbox.spans.append(record)
+            if latency_metric is not None:
+                outbox.metrics.append((latency_metric, labels, (end_ns - span.start_ns) / 1e9))
             if type(parent) is not Span or parent.outbox is not outbox:  # the owner ends
                 outbox.open = False
                 self.send_outbox(outbox)
@@ -534,12 +569,13 @@ class TracingService:
     def send_outbox(self, outbox: Outbox) -> None:
         """Enqueue everything in ``outbox`` (one batch per collector) and empty it."""
         spans, metrics, costs = _take(outbox.spans), _take(outbox.metrics), _take(outbox.costs)
-        if spans and self._collector is not None:
-            self._collector.send(Batch(tuple(spans)), len(spans))
-        if metrics and self._metrics is not None:
-            self._metrics.send(Batch(tuple(metrics)), len(metrics))
-        if costs and self._costs is not None:
-            self._costs.send(Batch(tuple(costs)), len(costs))
+        for records, actor in ((spans, self._collector), (metrics, self._metrics),
+                               (costs, self._costs)):
+            if records and actor is not None:
+                if len(records) == 1:  # one record needs no Batch around it
+                    actor.send(records[0])
+                else:
+                    actor.send(Batch(tuple(records)), len(records))
 
     def current_outbox(self) -> Outbox | None:
         """The open outbox of the current batched run, if any."""
@@ -576,6 +612,21 @@ class TracingService:
 
         The parent defaults to the current span. Nothing becomes current.
         """
+        return as_span_record(self.record_finished(
+            name, kind, start_ns, end_ns, tuple(chain.from_iterable(attributes.items())),
+            parent, status,
+        ))
+
+    def record_finished(
+        self, name: str, kind: str, start_ns: int, end_ns: int,
+        attributes: tuple[AttributeValue, ...], parent: Span | SpanContext | None = None,
+        status: str = "ok",
+    ) -> tuple[Any, ...]:
+        """:meth:`record_finished_span` for trusted callers, with flat attributes.
+
+        Returns:
+            The record as a plain tuple in :class:`SpanRecord` field order.
+        """
         if parent is None:
             parent = self._current.get()
         if parent is None:
@@ -584,11 +635,11 @@ class TracingService:
             parent_id = 0
         else:
             trace_id, sampled, parent_id = parent.trace_id, parent.sampled, parent.span_id
-        record: SpanRecord = _new_tuple(SpanRecord, (
+        record = (
             trace_id, self._rng.getrandbits(64) or 1, parent_id, name, kind, start_ns, end_ns,
-            status, None, None, tuple(attributes.items()), (),
+            status, None, None, attributes, (),
             type(parent) is SpanContext and parent.remote,
-        ))
+        )
         if sampled:
             outbox = parent.outbox if type(parent) is Span else None
             if outbox is not None and outbox.open:
@@ -618,7 +669,6 @@ class TracingService:
 
 
 _new_span = object.__new__
-_new_tuple = tuple.__new__
 
 
 def _take(items: list[Any]) -> list[Any]:
@@ -631,6 +681,37 @@ def _take(items: list[Any]) -> list[Any]:
     taken = items[:count]
     del items[:count]
     return taken
+
+
+def _identity(
+    tenant_id: str | None, correlation_id: str | None, request_id: str | None
+) -> tuple[AttributeValue, ...]:
+    """The identity attributes that are set, flat: ``("tenant_id", t, ...)``."""
+    flat: list[AttributeValue] = []
+    if tenant_id is not None:
+        flat += ("tenant_id", tenant_id)
+    if correlation_id is not None:
+        flat += ("correlation_id", correlation_id)
+    if request_id is not None:
+        flat += ("request_id", request_id)
+    return tuple(flat)
+
+
+def _pairs_dict(flat: tuple[AttributeValue, ...]) -> dict[str, AttributeValue]:
+    """``("k1", v1, "k2", v2)`` as a dict (keys are str by construction)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))  # type: ignore[arg-type]
+
+
+def _merge(
+    identity: tuple[AttributeValue, ...], attributes: dict[str, AttributeValue]
+) -> tuple[AttributeValue, ...]:
+    """Identity then the span's attributes, flat (an attribute overrides its key)."""
+    if identity and not attributes.keys().isdisjoint(identity[::2]):
+        merged = _pairs_dict(identity)
+        merged.update(attributes)
+        attributes = merged
+        identity = ()
+    return identity + tuple(chain.from_iterable(attributes.items()))
 
 
 def _reseed(ref: weakref.ref[TracingService]) -> None:

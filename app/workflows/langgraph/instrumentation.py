@@ -48,13 +48,18 @@ from app.workflows.langgraph.graph import GRAPH_NAME, RiskGraph, build_risk_grap
 from app.workflows.langgraph.llm import SimulatedLLM
 from app.workflows.langgraph.runner import resume_risk_workflow, run_risk_workflow
 from app.workflows.langgraph.state import LLMCall, RiskRequest, RiskState
-from collectors.records import MetricRecord
+from collectors.records import Labels
 
 __all__ = ("InstrumentedRiskWorkflow", "WorkflowInstrumentation", "build_instrumented_workflow")
 
 T = TypeVar("T")
 
-_new_tuple = tuple.__new__
+_NODE_LATENCY = "node_execution_latency"
+
+#: Label sets kept ready-made (nodes x statuses x tenants): a label tuple built
+#: once is untracked by the GC at its first collection, so the records that
+#: share it are too (see collectors.records).
+_LABEL_CACHE_SIZE = 4_096
 
 #: Attribute set on an exception once it has been classified and counted, so
 #: the workflow level does not count a node's failure a second time.
@@ -74,8 +79,33 @@ class WorkflowInstrumentation:
         self._tracing = obs.tracing
         self._failures = obs.failures
         self._langfuse = obs.langfuse
-        self._metrics_actor = obs.pipeline.collectors["metrics"]
+        self._finish = obs.tracing.finish
         self._workflow = workflow_name
+        #: (node, status, tenant) -> the node latency's label pairs (bounded).
+        self._node_labels: dict[tuple[str, str, str | None], Labels] = {}
+        #: (tenant, status) -> the run metrics' label pairs (bounded).
+        self._run_labels: dict[tuple[str, str], tuple[Labels, Labels]] = {}
+
+    def _run_label_sets(self, tenant: str, status: str) -> tuple[Labels, Labels]:
+        labels = ((("tenant_id", tenant),),
+                  (("status", status), ("tenant_id", tenant), ("workflow", self._workflow)))
+        if len(self._run_labels) >= _LABEL_CACHE_SIZE:  # a tenant flood must not grow it
+            self._run_labels.clear()
+        self._run_labels[(tenant, status)] = labels
+        return labels
+
+    def _node_labels_for(self, name: str, status: str, tenant: str | None) -> Labels:
+        """The ready-made label set of a node latency (built once per combination)."""
+        key = (name, status, tenant)
+        labels = self._node_labels.get(key)
+        if labels is None:
+            labels = (("node", name), ("status", status))
+            if tenant:
+                labels += (("tenant_id", tenant),)
+            if len(self._node_labels) >= _LABEL_CACHE_SIZE:  # a tenant flood must not grow it
+                self._node_labels.clear()
+            self._node_labels[key] = labels
+        return labels
 
     # --- nodes ----------------------------------------------------------------
 
@@ -87,8 +117,17 @@ class WorkflowInstrumentation:
             for a plain one, with ``__wrapped__`` set to ``fn``.
         """
         start = self._tracing.start_child_span
+        finish = self._finish
         after = self._after_node
         failed = self._node_failed
+        #: tenant -> this node's ``status="ok"`` latency labels (the common end).
+        ok_labels: dict[str | None, Labels] = {}
+
+        def labels_ok(tenant: str | None) -> Labels:
+            if len(ok_labels) >= _LABEL_CACHE_SIZE:  # a tenant flood must not grow it
+                ok_labels.clear()
+            labels = ok_labels[tenant] = self._node_labels_for(name, "ok", tenant)
+            return labels
 
         if inspect.iscoroutinefunction(fn):
             async_fn: Callable[..., Awaitable[Any]] = fn
@@ -101,7 +140,11 @@ class WorkflowInstrumentation:
                 except BaseException as exc:
                     failed(span, name, exc)
                     raise
-                after(span, name, result)
+                if type(result) is dict and "llm_call" in result:
+                    after(span, name, result)
+                else:
+                    labels = ok_labels.get(span.tenant_id) or labels_ok(span.tenant_id)
+                    finish(span, None, None, _NODE_LATENCY, labels)
                 return result
 
             return async_node
@@ -114,7 +157,11 @@ class WorkflowInstrumentation:
             except BaseException as exc:
                 failed(span, name, exc)
                 raise
-            after(span, name, result)
+            if type(result) is dict and "llm_call" in result:
+                after(span, name, result)
+            else:  # the common end, inlined: no further Python frame but the span's
+                labels = ok_labels.get(span.tenant_id) or labels_ok(span.tenant_id)
+                finish(span, None, None, _NODE_LATENCY, labels)
             return result
 
         return sync_node
@@ -156,18 +203,9 @@ class WorkflowInstrumentation:
         self._end_node(span, name, "error", exc)
 
     def _end_node(self, span: Span, name: str, status: str, exc: BaseException | None) -> None:
-        record = self._tracing.end_span_sync(span, error=exc)
-        labels: tuple[tuple[str, str], ...] = (("node", name), ("status", status))
-        if span.tenant_id:
-            labels += (("tenant_id", span.tenant_id),)
-        seconds = (record.end_ns - record.start_ns) / 1e9
-        # The NamedTuple without its Python-level __new__ (this runs once per node).
-        metric: MetricRecord = _new_tuple(MetricRecord, ("node_execution_latency", labels, seconds))
-        outbox = span.outbox
-        if outbox is not None and outbox.open:
-            outbox.metrics.append(metric)
-        else:
-            self._metrics_actor.send(metric)
+        """End a node's span; its duration is recorded as ``node_execution_latency``."""
+        self._finish(span, None, exc, _NODE_LATENCY,
+                     self._node_labels_for(name, status, span.tenant_id))
 
     # --- runs -----------------------------------------------------------------
 
@@ -247,22 +285,25 @@ class WorkflowInstrumentation:
                     reason="high-risk case routed to approval",
                 )
         latency = root.elapsed_seconds()
-        metrics = [] if resumed else [MetricRecord("request_count", (("tenant_id", tenant),), 1)]
+        labels = self._run_labels.get((tenant, status))
+        if labels is None:
+            labels = self._run_label_sets(tenant, status)
+        tenant_only, run = labels
+        # Plain (metric, labels, value) tuples with ready-made labels: see collectors.records.
+        metrics: list[tuple[str, tuple[tuple[str, str], ...], float]] = (
+            [] if resumed else [("request_count", tenant_only, 1)])
         metrics += [
-            MetricRecord("workflow_execution_count", (
-                ("workflow", self._workflow), ("tenant_id", tenant), ("status", status)), 1),
-            MetricRecord("request_latency", (
-                ("tenant_id", tenant), ("workflow", self._workflow), ("status", status)),
-                latency),
+            ("workflow_execution_count", run, 1),
+            ("request_latency", run, latency),
         ]
         if state is not None and state.approval_required:
-            metrics.append(MetricRecord("approval_required_count", (("tenant_id", tenant),), 1))
+            metrics.append(("approval_required_count", tenant_only, 1))
         outbox = root.outbox
         if outbox is not None:
             outbox.metrics.extend(metrics)
-        self._tracing.end_span_sync(
-            root, error=error if status == "error" else None,
-            status="ok" if status == "interrupted" else None,
+        self._finish(
+            root, "ok" if status == "interrupted" else None,
+            error if status == "error" else None,
         )
 
 

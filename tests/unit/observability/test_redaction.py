@@ -17,6 +17,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import LogCapture
 
 from app.observability import Observability
@@ -312,3 +314,18 @@ def test_redaction_can_be_switched_off(make_obs: MakeObs) -> None:
 
     assert obs.tracing.finished_spans()[0].name == "mail bob@example.com"
     assert obs.audit.events()[0].data["password"] == "visible"
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.text(alphabet=st.sampled_from("0123456789 -_.+/~abcdefxyzSKAIJ@=:"), max_size=10))
+def test_short_texts_skip_only_what_no_pattern_could_match(text: str) -> None:
+    """The short-text shortcut of the pre-check never hides a match of the full patterns."""
+    from app.observability import redaction
+
+    by_patterns = text
+    for pattern, replacement in redaction._PATTERNS:
+        by_patterns = pattern.sub(replacement, by_patterns)
+    by_patterns = redaction._CARD.sub(redaction._mask_card, by_patterns)
+    if by_patterns != text:
+        assert redaction._may_contain_secret(text)
+    assert redact_text(text) == by_patterns
