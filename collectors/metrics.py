@@ -132,7 +132,10 @@ class MetricsStoreCollector(Collector[MetricsStore]):
         series = store.by_key.get((metric, labels))
         if series is None:
             series = self._resolve(store, metric, labels)
-        series.add(value)
+        if type(series) is _Counter:  # inlined: this runs for every record
+            series.value += value
+        else:
+            series.add(value)
 
     def _resolve(self, store: MetricsStore, metric: str, labels: Labels) -> _Counter | _Histogram:
         spec = self._catalog[metric]

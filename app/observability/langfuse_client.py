@@ -31,6 +31,8 @@ from collectors.records import AttributeValue, Batch, Labels
 
 __all__ = ("Generation", "LangfuseClient")
 
+_new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__
+
 #: Usage label sets kept ready-made (tenants x models x prompts).
 _LABEL_CACHE_SIZE = 4_096
 
@@ -147,7 +149,9 @@ class LangfuseClient:
             ("token_usage", tokens_in, input_tokens),
             ("token_usage", tokens_out, output_tokens),
         )
-        outbox = self._tracing.current_outbox()
+        outbox = parent.outbox if parent is not None else None
+        if outbox is not None and not outbox.open:
+            outbox = None
         if outbox is not None:  # inside a batched workflow run: enqueued when it ends
             outbox.costs.append(cost_record)
             outbox.metrics.extend(usage)
@@ -180,7 +184,8 @@ class LangfuseClient:
         record = self._tracing.record_finished(
             name, "generation", end_ns - duration_ns, end_ns, attributes
         )
-        return Generation(event_id, cost, priced, record[0], record[1])
+        result: Generation = _new_tuple(Generation, (event_id, cost, priced, record[0], record[1]))
+        return result
 
     def _usage_label_sets(
         self, tenant_id: str, model_version: str, prompt_version: str

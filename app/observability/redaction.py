@@ -180,7 +180,9 @@ class Redactor:
         cache_size: Distinct strings remembered per cache.
     """
 
-    __slots__ = ("_cache_size", "_flat_sets", "_keys", "_pair_sets", "_texts")
+    __slots__ = (
+        "_cache_size", "_flat_sets", "_keys", "_last_in", "_last_out", "_pair_sets", "_texts",
+    )
 
     def __init__(self, cache_size: int = 8_192) -> None:
         self._cache_size = cache_size
@@ -189,6 +191,9 @@ class Redactor:
         #: Whole attribute tuples: the spans of one run repeat the same ones.
         self._pair_sets: dict[tuple[tuple[str, Any], ...], tuple[tuple[str, Any], ...]] = {}
         self._flat_sets: dict[tuple[Any, ...], tuple[Any, ...]] = {}
+        #: The last attribute tuple redacted, and its result (by identity).
+        self._last_in: object = None
+        self._last_out: Any = None
 
     def text(self, text: str) -> str:
         """:func:`redact_text`, memoised."""
@@ -286,11 +291,18 @@ class Redactor:
         very same object when nothing needed masking (the common case).
         """
         name, message, attributes, events = span[3], span[9], span[10], span[11]
-        new_name = self.text(name)
-        if attributes and type(attributes[0]) is not tuple:  # flat: a plain stored tuple
-            new_attributes = self._flat(attributes)
+        new_name = self._texts.get(name) or self.text(name)
+        if attributes is self._last_in:  # the spans of one run share their identity tuple
+            new_attributes = self._last_out
         else:
-            new_attributes = self._pairs(attributes)
+            if attributes and type(attributes[0]) is not tuple:  # flat: a plain stored tuple
+                new_attributes = self._flat(attributes)
+            else:
+                new_attributes = self._pairs(attributes)
+            self._last_in, self._last_out = attributes, new_attributes
+        if not message and not events and new_name is name and (
+                new_attributes is attributes or new_attributes == attributes):
+            return span  # the common case: nothing to mask, no error, no events
         new_message = self.text(message) if message else message
         new_events = events
         if events:

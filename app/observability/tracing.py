@@ -144,7 +144,7 @@ class Span:
 
     def __init__(
         self, name: str, kind: str, trace_id: int, span_id: int, parent: Span | SpanContext | None,
-        sampled: bool, attributes: dict[str, AttributeValue],
+        sampled: bool, attributes: dict[str, AttributeValue] | None,
         tenant_id: str | None, correlation_id: str | None, request_id: str | None,
     ) -> None:
         self.name = name
@@ -153,7 +153,8 @@ class Span:
         self.span_id = span_id
         self.parent = parent
         self.sampled = sampled
-        #: Attributes set on this span (the identity attributes are kept apart).
+        #: Attributes set on this span (the identity attributes are kept apart);
+        #: ``None`` until the first is set (most node spans never get one).
         self.attributes = attributes
         self.tenant_id = tenant_id
         self.correlation_id = correlation_id
@@ -211,7 +212,14 @@ class Span:
             ValueError: ``key`` is empty or ``value`` is a non-finite float.
         """
         _check_attribute(key, value)
-        self.attributes[key] = value
+        self.attribute_map()[key] = value
+
+    def attribute_map(self) -> dict[str, AttributeValue]:
+        """The span's own attributes, for trusted writers (no checks); created on first use."""
+        attributes = self.attributes
+        if attributes is None:
+            attributes = self.attributes = {}
+        return attributes
 
     def set_attributes(self, attributes: Mapping[str, AttributeValue]) -> None:
         """Set several attributes (same rules as :meth:`set_attribute`)."""
@@ -458,14 +466,16 @@ class TracingService:
         span.correlation_id = parent.correlation_id
         span.request_id = parent.request_id
         span.identity = parent.identity
-        span.attributes = {}
+        span.attributes = None
         span.events = None
         outbox = parent.outbox
         span.outbox = outbox if outbox is not None and outbox.open else None
         span.status = "unset"
         span.end_ns = 0
-        span.start_ns = time.time_ns()
-        span._perf_start = time.perf_counter_ns()
+        # One clock read: the start on the wall clock is the parent's plus the
+        # monotonic time since (a trace stays consistent if the wall clock steps).
+        span._perf_start = now = time.perf_counter_ns()
+        span.start_ns = parent.start_ns + (now - parent._perf_start)
         span._service = self
         span._token = self._current.set(span)
         return span

@@ -190,7 +190,7 @@ class WorkflowInstrumentation:
 
     def _node_failed(self, span: Span, name: str, exc: BaseException) -> None:
         if isinstance(exc, GraphBubbleUp):  # an interrupt, not a failure
-            span.attributes["interrupted"] = True
+            span.attribute_map()["interrupted"] = True
             self._end_node(span, name, "ok", None)
             return
         if isinstance(exc, Exception):
@@ -199,7 +199,7 @@ class WorkflowInstrumentation:
                 correlation_id=span.correlation_id, request_id=span.request_id,
             )
             _mark_classified(exc, category)
-            span.attributes["failure_category"] = category.value
+            span.attribute_map()["failure_category"] = category.value
         self._end_node(span, name, "error", exc)
 
     def _end_node(self, span: Span, name: str, status: str, exc: BaseException | None) -> None:
@@ -271,13 +271,13 @@ class WorkflowInstrumentation:
                     _mark_classified(error, category)
                 category_value = getattr(error, _CLASSIFIED, None)
                 if isinstance(category_value, str):
-                    root.attributes["failure_category"] = category_value
+                    root.attribute_map()["failure_category"] = category_value
         elif state is not None:
             if state.status == "awaiting_approval":
                 status = "interrupted"
             if state.decision is not None:
-                root.attributes["decision"] = state.decision
-            root.attributes["approval_required"] = state.approval_required
+                root.attribute_map()["decision"] = state.decision
+            root.attribute_map()["approval_required"] = state.approval_required
             if state.high_risk and not resumed:
                 self._failures.record(
                     FailureCategory.HIGH_RISK, tenant_id=tenant,
