@@ -15,20 +15,19 @@ exact ``tuple`` objects, field for field in the order of the classes below,
 on the queues and into run outboxes; collectors read them by position (so a
 ``NamedTuple`` sent by a caller works the same), and the trace store keeps
 spans as plain tuples too. Readers get the typed ``NamedTuple`` views
-(:func:`as_span_record`). The reason is CPython's cyclic garbage collector:
-it stops tracking an exact tuple of atoms (strings, numbers, ``Decimal``,
-nested such tuples) at the first collection it survives, but a ``NamedTuple``
-subclass stays tracked for life. Nesting is kept shallow for the same
-reason: a collection untracks one level of nested tuples at a time (an inner
-tuple is moved behind its container while the collector looks for
-unreachable objects), so a span tuple carries its attributes flat, ``("k1",
-v1, "k2", v2)``, not as pairs -- two levels, untracked by the first
-collection of the middle generation at the latest. Records wait in a queue for up to a linger
-(0.1 s) and spans stay in the trace ring, so tracked records outlived two
-young collections and were promoted to the oldest generation: ~35 per
-workflow run, enough to trigger a full collection (~90 ms with LangGraph
-loaded) every ~1,000 runs. As plain tuples they are untracked at their first
-collection and never promoted.
+(:func:`as_span_record`). The reason is CPython's cyclic garbage collector.
+It stops tracking an exact tuple whose items are atoms (strings, numbers,
+``None``, ``Decimal``) or untracked tuples when a collection finds it alive,
+but a ``NamedTuple`` subclass stays tracked for life. Records wait in a queue
+for up to a linger (0.1 s) and spans stay in the trace ring, so as
+``NamedTuple`` objects they outlived the young collections and were promoted
+to the oldest generation: ~35 objects per workflow run, which triggered a
+full collection (~90 ms with LangGraph loaded) every ~1,000 runs. Nesting is
+kept shallow for the same reason: a collection untracks one level of nested
+tuples at a time (it moves an inner tuple behind its container while it looks
+for unreachable objects), so a span tuple carries its attributes flat,
+``("k1", v1, "k2", v2)``, not as pairs, and metric records share label tuples
+built once (already untracked) instead of building new ones per call.
 """
 
 from __future__ import annotations

@@ -2,8 +2,12 @@
 
 Finished spans are kept in a ring buffer of fixed size; when it is full the
 oldest span is evicted and counted. A redactor, when configured, runs here on
-the collector thread before a span reaches the store, so the producer's hot
-path pays nothing for it and nothing unredacted is ever stored or exported.
+the collector thread where spans leave the store: on every read and before
+every export hand-off. The producer's hot path pays nothing for it, nothing
+unredacted is ever read or exported, and the spans that are evicted without
+ever being read or exported (most of them, when no exporter is configured)
+are never redacted at all. Stored spans live only in this process's memory,
+which already held the same values when they were recorded.
 
 Span exporters (:mod:`collectors.export`) are optional. After each drained
 batch the collector thread hands the spans it has just stored to one
@@ -32,6 +36,8 @@ _logger = structlog.get_logger(__name__)
 SpanRedactor = Callable[[SpanRecord], SpanRecord]
 
 _SPAN_FIELDS = len(SpanRecord._fields)
+#: What replaces string values when the redactor itself fails.
+_MASK = "[REDACTED]"
 
 
 class TraceStore:
@@ -106,11 +112,7 @@ class TraceStoreCollector(Collector[TraceStore]):
         attributes = record[10]
         if attributes and type(attributes[0]) is tuple:  # sent as pairs: store flat
             record = (*record[:10], flat_attributes(attributes), *record[11:])
-        redactor = self._redactor
-        if redactor is not None:
-            record = redactor(record if self._redact_tuples  # type: ignore[arg-type]
-                              else as_span_record(record))
-        if type(record) is not tuple:
+        elif type(record) is not tuple:
             record = tuple(record)
         store = self._store
         spans = store.spans
@@ -120,6 +122,32 @@ class TraceStoreCollector(Collector[TraceStore]):
         store.received += 1
         if self._workers:
             store.unexported.append(record)
+
+    def _egress(self, span: tuple[Any, ...]) -> SpanRecord:
+        """A stored span as it may leave the store: redacted, as a :class:`SpanRecord`.
+
+        Runs on the collector thread (or, once it is gone, on a reader's). A
+        redactor that raises does not lose the span or leak it: every string
+        attribute value and the error message are masked instead, and the
+        failure is logged.
+        """
+        redactor = self._redactor
+        if redactor is None:
+            return as_span_record(span)
+        try:
+            return as_span_record(
+                redactor(span if self._redact_tuples  # type: ignore[arg-type]
+                         else as_span_record(span))
+            )
+        except Exception as exc:
+            _logger.error("observability.span_redaction_failed", error=repr(exc))
+            record = as_span_record(span)
+            return record._replace(
+                error_message=_MASK if record.error_message else None,
+                attributes=tuple((key, _MASK if isinstance(value, str) else value)
+                                 for key, value in record.attributes),
+                events=(),
+            )
 
     def _on_idle(self) -> None:
         """After each drained batch: hand the new spans to the exporters (collector thread)."""
@@ -139,7 +167,7 @@ class TraceStoreCollector(Collector[TraceStore]):
         size = self._export_batch_size
         try:
             for start in range(0, len(pending), size):
-                chunk = tuple(map(as_span_record, pending[start : start + size]))
+                chunk = tuple(map(self._egress, pending[start : start + size]))
                 for worker in self._workers:
                     worker.submit(chunk)
         except Exception as exc:  # never let an export problem kill the collector
@@ -163,7 +191,7 @@ class TraceStoreCollector(Collector[TraceStore]):
             for span in store.spans:
                 if trace_id is not None and span[0] != trace_id:
                     continue
-                record = as_span_record(span)
+                record = self._egress(span)
                 if tenant_id is not None and ("tenant_id", tenant_id) not in record.attributes:
                     continue
                 found.append(record)

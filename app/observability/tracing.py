@@ -114,7 +114,7 @@ class Outbox:
     each on a queue; the root's end sends at most one :class:`Batch` per
     collector. Appends come from the run's own tasks and threads (a
     ``list.append`` is atomic); nothing reads the lists until the root ends.
-    If a run grows past ``limit`` records, the outbox is sent early.
+    If a run grows past ``limit`` spans and metrics (checked when a span ends), it is sent early.
     """
 
     __slots__ = ("costs", "limit", "metrics", "open", "spans")
@@ -528,64 +528,62 @@ class TracingService:
         Returns:
             The record as a plain tuple in :class:`SpanRecord` field order.
         """
-        end_ns = span.start_ns + (time.perf_counter_ns() - span._perf_start)
-        span.end_ns = end_ns
+        start_ns = span.start_ns
+        span.end_ns = end_ns = start_ns + (time.perf_counter_ns() - span._perf_start)
         error_type = error_message = None
         if error is not None:
             span.record_exception(error)
             error_type = exception_type_name(error)
             error_message = str(error)[:_MAX_ERROR_MESSAGE]
-        if status is not None:
-            span.status = status
-        elif span.status == "unset":
-            span.status = "ok"
-        current = self._current
-        if current.get() is span and span._token is not None:
-            try:
-                current.reset(span._token)
-            except ValueError:  # ended in another context than it started in
-                current.set(span.parent)
+        if status is None:
+            status = span.status
+            if status == "unset":
+                status = "ok"
+        span.status = status
+        token = span._token
+        if token is not None:
+            current = self._current
+            if current.get() is span:
+                try:
+                    current.reset(token)
+                except ValueError:  # ended in another context than it started in
+                    current.set(span.parent)
         parent = span.parent
         attributes = span.attributes
         events = span.events
         # A plain tuple, not a SpanRecord: see collectors.records on the GC.
         record = (
             span.trace_id, span.span_id, parent.span_id if parent is not None else 0,
-            span.name, span.kind, span.start_ns, end_ns, span.status,
+            span.name, span.kind, start_ns, end_ns, status,
             error_type, error_message,
             _merge(span.identity, attributes) if attributes else span.identity,
             tuple(events) if events else (),
             type(parent) is SpanContext and parent.remote,
         )
         outbox = span.outbox
-        if outbox is None or not outbox.open:  # not batched, or ending after its root
-            if span.sampled and self._collector is not None:
-                self._collector.send(record)
-            if latency_metric is not None and self._metrics is not None:
-                self._metrics.send((latency_metric, labels, (end_ns - span.start_ns) / 1e9))
-        else:
+        if outbox is not None and outbox.open:
             if span.sampled:
                 outbox.spans.append(record)
+            metrics = outbox.metrics
             if latency_metric is not None:
-                outbox.metrics.append((latency_metric, labels, (end_ns - span.start_ns) / 1e9))
+                metrics.append((latency_metric, labels, (end_ns - start_ns) / 1e9))
             if type(parent) is not Span or parent.outbox is not outbox:  # the owner ends
                 outbox.open = False
                 self.send_outbox(outbox)
-            elif (len(outbox.spans) + len(outbox.metrics) + len(outbox.costs)
-                  >= outbox.limit):
+            elif len(outbox.spans) + len(metrics) >= outbox.limit:  # a long run: send early
                 self.send_outbox(outbox)
+        else:  # not batched, or ending after its root
+            if span.sampled and self._collector is not None:
+                self._collector.send(record)
+            if latency_metric is not None and self._metrics is not None:
+                self._metrics.send((latency_metric, labels, (end_ns - start_ns) / 1e9))
         return record
 
     def send_outbox(self, outbox: Outbox) -> None:
         """Enqueue everything in ``outbox`` (one batch per collector) and empty it."""
-        spans, metrics, costs = _take(outbox.spans), _take(outbox.metrics), _take(outbox.costs)
-        for records, actor in ((spans, self._collector), (metrics, self._metrics),
-                               (costs, self._costs)):
-            if records and actor is not None:
-                if len(records) == 1:  # one record needs no Batch around it
-                    actor.send(records[0])
-                else:
-                    actor.send(Batch(tuple(records)), len(records))
+        _send_batch(_take(outbox.spans), self._collector)
+        _send_batch(_take(outbox.metrics), self._metrics)
+        _send_batch(_take(outbox.costs), self._costs)
 
     def current_outbox(self) -> Outbox | None:
         """The open outbox of the current batched run, if any."""
@@ -679,6 +677,14 @@ class TracingService:
 
 
 _new_span = object.__new__
+
+
+def _send_batch(records: list[Any], actor: Collector[Any] | None) -> None:
+    if records and actor is not None:
+        if len(records) == 1:  # one record needs no Batch around it
+            actor.send(records[0])
+        else:
+            actor.send(Batch(tuple(records)), len(records))
 
 
 def _take(items: list[Any]) -> list[Any]:

@@ -80,6 +80,7 @@ class WorkflowInstrumentation:
         self._failures = obs.failures
         self._langfuse = obs.langfuse
         self._finish = obs.tracing.finish
+        self._send_metric = obs.pipeline.collectors["metrics"].send
         self._workflow = workflow_name
         #: (node, status, tenant) -> the node latency's label pairs (bounded).
         self._node_labels: dict[tuple[str, str, str | None], Labels] = {}
@@ -284,26 +285,23 @@ class WorkflowInstrumentation:
                     correlation_id=request.correlation_id, request_id=request.request_id,
                     reason="high-risk case routed to approval",
                 )
-        latency = root.elapsed_seconds()
         labels = self._run_labels.get((tenant, status))
         if labels is None:
             labels = self._run_label_sets(tenant, status)
         tenant_only, run = labels
-        # Plain (metric, labels, value) tuples with ready-made labels: see collectors.records.
-        metrics: list[tuple[str, tuple[tuple[str, str], ...], float]] = (
-            [] if resumed else [("request_count", tenant_only, 1)])
-        metrics += [
-            ("workflow_execution_count", run, 1),
-            ("request_latency", run, latency),
-        ]
-        if state is not None and state.approval_required:
-            metrics.append(("approval_required_count", tenant_only, 1))
+        # Plain (metric, labels, value) tuples with ready-made labels (collectors.records),
+        # into the run's outbox; the root's end adds request_latency (its own duration)
+        # and sends the outbox.
         outbox = root.outbox
-        if outbox is not None:
-            outbox.metrics.extend(metrics)
+        record = outbox.metrics.append if outbox is not None else self._send_metric
+        if not resumed:
+            record(("request_count", tenant_only, 1))
+        record(("workflow_execution_count", run, 1))
+        if state is not None and state.approval_required:
+            record(("approval_required_count", tenant_only, 1))
         self._finish(
             root, "ok" if status == "interrupted" else None,
-            error if status == "error" else None,
+            error if status == "error" else None, "request_latency", run,
         )
 
 

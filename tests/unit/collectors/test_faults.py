@@ -142,7 +142,11 @@ def test_a_handler_raising_on_one_record_in_n_is_counted_and_the_rest_applied(
     assert stored[-2:] == (1, 2)
 
 
-def test_a_redactor_that_raises_drops_only_its_span(made: list[Any]) -> None:
+def test_a_redactor_that_raises_masks_its_span_instead_of_leaking_or_losing_it(
+    made: list[Any],
+) -> None:
+    """Redaction runs where spans leave the store; a failing redactor fails safe."""
+
     def redactor(span: SpanRecord) -> SpanRecord:
         if span.span_id % 5 == 0:
             raise RuntimeError("redaction failed")
@@ -150,13 +154,19 @@ def test_a_redactor_that_raises_drops_only_its_span(made: list[Any]) -> None:
 
     collector = _started(made, TraceStoreCollector(redactor=redactor))
     for span_id in range(1, 101):
-        collector.send(SpanRecord(1, span_id, 0, "s", "internal", 0, 1, "ok", None, None, ()))
+        collector.send(SpanRecord(1, span_id, 0, "s", "internal", 0, 1, "error", "E", "boom",
+                                  (("user", "alice"), ("attempt", 2))))
     assert collector.request_flush().result(JOIN)
     stats = collector.stats()
-    assert (stats.applied, stats.handler_errors, dict(stats.dropped)) == (
-        80, 20, {"handler_error": 20}
-    )
-    assert len(collector.spans()) == 80
+    assert (stats.applied, stats.handler_errors, dict(stats.dropped)) == (100, 0, {})
+    spans = collector.spans()
+    assert len(spans) == 100
+    masked = [span for span in spans if span.span_id % 5 == 0]
+    assert len(masked) == 20
+    assert all(span.attributes == (("user", "[REDACTED]"), ("attempt", 2)) for span in masked)
+    assert all(span.error_message == "[REDACTED]" for span in masked)
+    assert all(span.attributes == (("user", "alice"), ("attempt", 2))
+               for span in spans if span.span_id % 5)
     assert stats.alive
 
 
