@@ -15,6 +15,7 @@ convention) and are counted.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left
 from collections.abc import Mapping
 from typing import Any
@@ -42,21 +43,36 @@ class _Counter:
         self.value += amount
 
 
-class _Histogram:
-    __slots__ = ("bounds", "count", "counts", "sketch", "sum")
+class _Histogram(QuantileSketch):
+    """Prometheus-style buckets, count and sum, and (inherited) the quantile sketch.
+
+    One class, so that an observation updates both in one method call: this
+    runs for every histogram record the collector applies.
+    """
+
+    __slots__ = ("bounds", "counts", "sum")
 
     def __init__(self, bounds: tuple[float, ...], relative_accuracy: float) -> None:
+        super().__init__(relative_accuracy)
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
-        self.count = 0
         self.sum = 0.0
-        self.sketch = QuantileSketch(relative_accuracy)
 
-    def add(self, value: int | float) -> None:
+    def add(self, value: float) -> None:
         self.counts[bisect_left(self.bounds, value)] += 1
-        self.count += 1
         self.sum += value
-        self.sketch.add(value)
+        # QuantileSketch.add, inlined.
+        self._count += 1
+        if value < self._min:
+            self._min = value
+        if value > self._max:
+            self._max = value
+        if value <= 0.0:
+            self._zero += 1
+            return
+        index = math.ceil(math.log(value) * self._inv_log_gamma)
+        bins = self._bins
+        bins[index] = bins.get(index, 0) + 1
 
     def snapshot(self, labels: Labels) -> HistogramSeries:
         cumulative: list[tuple[float, int]] = []
@@ -64,15 +80,14 @@ class _Histogram:
         for bound, n in zip((*self.bounds, _INF), self.counts, strict=True):
             running += n
             cumulative.append((bound, running))
-        sketch = self.sketch
         return HistogramSeries(
             labels=labels,
-            count=self.count,
+            count=self._count,
             sum=self.sum,
             buckets=tuple(cumulative),
-            p50=sketch.quantile(0.50),
-            p95=sketch.quantile(0.95),
-            p99=sketch.quantile(0.99),
+            p50=self.quantile(0.50),
+            p95=self.quantile(0.95),
+            p99=self.quantile(0.99),
         )
 
 
