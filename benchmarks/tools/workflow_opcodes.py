@@ -5,7 +5,7 @@ thread (the calling thread, LangGraph's executor threads, the collector
 threads): opcode counts do not depend on the machine's load, unlike wall or
 CPU time on a shared 2-core VM. Run from the repository root::
 
-    python benchmarks/tools/workflow_opcodes.py 60
+    python -m benchmarks.tools.workflow_opcodes 60
 
 It runs 60 requests bare and 60 instrumented (after a warm-up each, the
 garbage collector disabled so that its passes do not land in one variant)
@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import logging
+import os
 import sys
 import threading
 from collections import Counter
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -32,6 +35,9 @@ from app.workflows.langgraph.config import WorkflowConfig
 from app.workflows.langgraph.instrumentation import InstrumentedRiskWorkflow
 from app.workflows.langgraph.state import RiskRequest
 from benchmarks.tools.workflow_instructions import PAYLOAD, REVIEW
+
+#: Source paths are shown relative to the repository root.
+_ROOT = str(Path(__file__).resolve().parents[2]) + os.sep
 
 
 def count(instrument: bool, requests: int) -> Counter[str]:
@@ -44,8 +50,10 @@ def count(instrument: bool, requests: int) -> Counter[str]:
             return None
         frame.f_trace_opcodes = True
         code = frame.f_code
-        path = code.co_filename.split("site-packages/")[-1]
-        key = f"{path.rsplit('/main/', 1)[-1]}:{code.co_name}"
+        path = code.co_filename
+        path = (path[len(_ROOT):] if path.startswith(_ROOT)
+                else path.split("site-packages/")[-1])
+        key = f"{path}:{code.co_name}"
 
         def local(frame: FrameType, event: str, arg: Any) -> Any:
             if event == "opcode":
@@ -82,17 +90,37 @@ def count(instrument: bool, requests: int) -> Counter[str]:
     return counts
 
 
-def main(argv: list[str]) -> None:
-    """``workflow_opcodes.py [N]``: N requests per variant (default 60)."""
-    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
-    requests = int(argv[0]) if argv else 60
+def profile(requests: int) -> dict[str, Any]:
+    """Both variants' opcodes per request, and the added opcodes per function."""
     gc.disable()
-    bare, instrumented = count(False, requests), count(True, requests)
-    total_bare, total_on = sum(bare.values()) / requests, sum(instrumented.values()) / requests
+    try:
+        bare, instrumented = count(False, requests), count(True, requests)
+    finally:
+        gc.enable()
+    return {
+        "bare": sum(bare.values()) / requests,
+        "instrumented": sum(instrumented.values()) / requests,
+        "added_by_function": {
+            key: (instrumented[key] - bare[key]) / requests
+            for key in set(bare) | set(instrumented)
+            if instrumented[key] != bare[key]
+        },
+    }
+
+
+def main(argv: list[str]) -> None:
+    """``workflow_opcodes.py [N] [--json]``: N requests per variant (default 60)."""
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    numbers = [arg for arg in argv if not arg.startswith("--")]
+    requests = int(numbers[0]) if numbers else 60
+    result = profile(requests)
+    if "--json" in argv:
+        print(json.dumps(result))
+        return
+    total_bare, total_on = result["bare"], result["instrumented"]
     print(f"opcodes per request: bare {total_bare:,.0f}, instrumented {total_on:,.0f}, "
           f"added {total_on - total_bare:,.0f} ({(total_on - total_bare) / total_bare:.1%})")
-    diff = {key: (instrumented[key] - bare[key]) / requests
-            for key in set(bare) | set(instrumented)}
+    diff: dict[str, float] = result["added_by_function"]
     for key, added in sorted(diff.items(), key=lambda item: -abs(item[1]))[:30]:
         print(f"{added:10.1f}  {key}")
 

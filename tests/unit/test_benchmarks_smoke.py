@@ -7,6 +7,7 @@ has its result table, its target line and the machine section.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -42,3 +43,23 @@ def test_quick_run_writes_report_with_table_and_machine_section(tmp_path: Path) 
     for label in ("| CPU |", "| Cores |", "| Memory |", "| Python |", "| Packages |",
                   "| Date (UTC) |"):
         assert label in report
+
+
+@pytest.mark.timeout(180)
+def test_opcode_profile_attributes_the_added_work_to_the_instrumentation() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tools.workflow_opcodes", "3", "--json"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=170, check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    profile = json.loads(completed.stdout)
+    assert profile["instrumented"] > profile["bare"] > 10_000
+    added = profile["added_by_function"]
+    # Every node's span is ended by TracingService.finish, on the executor threads too.
+    assert added["app/observability/tracing.py:finish"] > 0
+    assert added["collectors/trace.py:_apply"] > 0
+    assert sum(added.values()) == pytest.approx(profile["instrumented"] - profile["bare"])
