@@ -12,7 +12,8 @@ their rates do) with default settings, and reports its RSS (``VmRSS`` from
   counters, generation span), a workflow counter and a request latency.
   Memory must stay flat: the trace buffer is a
   bounded ring (10,000 spans), histogram buckets are fixed, per-request costs
-  are kept for a bounded number of requests (100,000).
+  are kept for the most recent 93,751 to 100,000 requests (16 generations,
+  the oldest dropped whole).
 * **label flood**: 1,000,000 ``increment("request_count", tenant_id=...)``
   with a distinct tenant id each time. The cardinality cap (2,000 series per
   metric) must hold: series count capped, the rest folded into one overflow
@@ -259,8 +260,8 @@ def _result(
     ]
     if req_first["done"] < 100_000:
         notes.append(
-            "This run is too short to show the plateau: the cost store keeps the costs of the"
-            " last 100,000 requests (`max_tracked_requests`), so RSS grows until then by"
+            "This run is too short to show the plateau: the cost store keeps the costs of up"
+            " to 100,000 recent requests (`max_tracked_requests`), so RSS grows until then by"
             " design; the full run measures from 200,000 on."
         )
     notes += [
@@ -295,39 +296,22 @@ def _analysis(rss_growth_kib: int, block_growth: float) -> str:
             " `tracemalloc` snapshots at 200k and 1M requests to find the growing store."
         )
     return f"""\
-**Why the target is missed, and what would fix it.** RSS grew {_mib(rss_growth_kib)} MiB, in
-steps, while the interpreter's live blocks stayed flat ({block_growth:+.1%}) and the GC object
-count did not move: nothing is kept alive. The growth is glibc malloc keeping freed memory.
-Large tables are rebuilt over and over: the per-request cost map (`collectors/cost.py`, an
-`OrderedDict` of the last 100,000 requests, one insert and one `popitem(last=False)` per
-request, rebuilt whenever its deleted slots run out) and the redactor's memo caches (unique
-`event_id`s and `request_id`s fill them, they are cleared and regrow every few thousand
-requests). glibc serves the first large table with `mmap`; freeing it raises its *dynamic*
-mmap threshold above that size, so later tables come from the heap, where freed ones leave
-holes that are not returned to the system.
+**Why the target is missed.** RSS grew {_mib(rss_growth_kib)} MiB while the interpreter's live
+blocks stayed flat ({block_growth:+.1%}) and the GC object count did not move: nothing is kept
+alive; the growth is memory the C allocator keeps. Known sources, and what was done:
 
-Measured during this work (same request mix, 1M requests, a fresh process each):
+* The per-request cost map (`collectors/cost.py`) used to be one `OrderedDict` of the last
+  100,000 requests, one insert and one `popitem(last=False)` per request: its multi-MiB table
+  was rebuilt every ~75,000 inserts, glibc served the rebuilt tables from the cost thread's
+  heap once its dynamic mmap threshold had risen, and the freed ones left holes (11-14 MiB of
+  growth from 200k to 1M). It is now 16 generations of plain dicts (~200 KiB tables at the
+  default), the oldest dropped whole: that heap stays flat (~3.8 MiB).
+* What remained after that (1.5-3.5 MiB in runs during this work) was not the cost map but
+  a slow settling that is over by ~500k requests, flat after: about one more pymalloc arena
+  (1 MiB each) and ~0.4 MiB in another collector thread's glibc heap.
 
-| configuration | RSS at 200k → 1M requests | growth |
-|---|---|---|
-| defaults (this benchmark) | 109 → 120-122 MiB | 11-13 MiB |
-| `max_tracked_requests=1000` (small cost map) | 77 → 83 MiB | 6 MiB |
-| `MALLOC_MMAP_THRESHOLD_=131072` (fixed threshold) | 108 → 110 MiB | 2 MiB |
-
-Reproduce the last row with `MALLOC_MMAP_THRESHOLD_=131072 python -m benchmarks --only memory`
-(the environment is shown in the notes above).
-
-Design change (for the lead), either or both:
-
-1. **Pin the allocator at start-up**: `Observability.__init__` (or the service entry point)
-   calls glibc's `mallopt(M_MMAP_THRESHOLD, 128 * 1024)` through `ctypes` when running on
-   glibc (a no-op elsewhere), or the deployment sets `MALLOC_MMAP_THRESHOLD_=131072`. Large
-   tables then always come from `mmap` and go back to the system when freed.
-2. **Stop churning large tables**: keep per-request costs in two generations of plain dicts
-   (write to `current`; when it holds `max_tracked_requests // 2` entries, drop `previous` and
-   swap), looking up both: the same bound, no deleted-slot rebuilds, each generation freed
-   whole. Likewise, skip the redactor's memo cache for values that are unique by construction
-   (generated ids), so it stops filling and clearing."""
+Compare `tracemalloc` snapshots, `sys._debugmallocstats()` (arenas) and glibc's
+`malloc_info` (per-thread heaps) at 200k and 1M to find what moved."""
 
 
 def _main(argv: list[str]) -> None:

@@ -4,6 +4,11 @@ All money is ``Decimal``: the facade prices tokens with a fixed rate per model
 version (``app.observability.cost_tracker``), and this store only ever adds
 ``Decimal`` values, so totals are exact whatever the order records arrive in.
 
+Per-request costs are the one part that forgets: they are kept for the most
+recent requests only, in generations of plain dicts dropped whole (see
+:class:`CostStoreCollector`). Totals per tenant, model version and tenant x
+model, usage and the cumulative cost never forget anything.
+
 Budgets: a tenant may have a budget; the first time its spend reaches each
 configured fraction of it (e.g. 0.8 and 1.0) the collector emits one audit
 event and one ``budget_threshold_crossed`` metric record to the collectors
@@ -14,7 +19,7 @@ the thresholds.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -34,6 +39,8 @@ __all__ = (
 )
 
 _ZERO = Decimal(0)
+#: Per-request costs are kept in this many generations (fewer when the bound is small).
+_REQUEST_GENERATIONS = 16
 
 
 class ResetRecord:
@@ -89,19 +96,24 @@ class CostSnapshot:
 
 
 class CostStore:
-    """Cost aggregates. Owned and mutated by one :class:`CostStoreCollector` thread."""
+    """Cost aggregates. Owned and mutated by one :class:`CostStoreCollector` thread.
+
+    ``by_request`` holds the per-request costs in generations (request id ->
+    cost dicts), oldest first, at most ``request_generations`` of them; new
+    requests join the last one. A request is in at most one generation.
+    """
 
     __slots__ = (
         "by_model", "by_request", "by_tenant", "by_tenant_model", "crossed", "generations",
         "input_tokens", "output_tokens", "requests_evicted", "total", "unpriced",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, request_generations: int = _REQUEST_GENERATIONS) -> None:
         self.total = _ZERO
         self.by_tenant: dict[str, Decimal] = {}
         self.by_model: dict[str, Decimal] = {}
         self.by_tenant_model: dict[tuple[str, str], Decimal] = {}
-        self.by_request: OrderedDict[str, Decimal] = OrderedDict()
+        self.by_request: deque[dict[str, Decimal]] = deque([{}], maxlen=request_generations)
         self.requests_evicted = 0
         self.generations: dict[str, int] = {}
         self.input_tokens: dict[str, int] = {}
@@ -116,10 +128,31 @@ class CostStoreCollector(Collector[CostStore]):
     Args:
         budgets: Tenant id -> budget in USD.
         budget_thresholds: Fractions of a budget that raise an event once.
-        max_tracked_requests: Per-request costs kept (oldest evicted, counted).
+        max_tracked_requests: Bound ``N`` on the requests whose cost is kept (see below).
         metrics: Where ``budget_threshold_crossed`` records go (optional).
         audit: Where budget audit events go (optional).
         **kwargs: Passed to :class:`~collectors.base.Collector`.
+
+    Per-request costs are kept in ``K`` generations of ``G`` requests, with
+    ``G = max(1, N // 16)`` and ``K = N // G`` (16 to 31 generations, or
+    ``N`` of one request when ``N < 16``). A request joins the newest
+    generation with its first cost; later costs of a request still kept add
+    to it where it is. When a new request finds the newest generation full, a
+    new one is started, and if there were already ``K`` the oldest is dropped
+    whole, its requests counted in ``requests_evicted``. So, counting requests
+    by their first cost, the most recent ``(K - 1) * G + 1`` to ``K * G``
+    requests are kept (once that many have been seen): never more than ``N``,
+    always more than ``N - 2 * G`` (at least 7/8 of ``N``); 93,751 to 100,000 for the
+    default ``N = 100,000``. An evicted request reads as unknown; a later
+    cost for it starts it again from that cost.
+
+    Why generations: a single map evicting its oldest request for each new
+    one rebuilds its whole table (megabytes) every few ten thousand inserts,
+    and the C allocator does not give those tables back, so resident memory
+    crept up under a steady stream of unique requests. Small generations
+    dropped whole recycle tables of one modest size (~200 KiB at the
+    default), which the allocator reuses. Finding a request costs up to ``K``
+    dict lookups, on the collector thread.
     """
 
     downstream = ("metrics", "audit")
@@ -138,7 +171,8 @@ class CostStoreCollector(Collector[CostStore]):
             raise ValueError("max_tracked_requests must be at least 1")
         self._budgets = dict(budgets or {})
         self._thresholds = tuple(sorted(budget_thresholds))
-        self._max_requests = max_tracked_requests
+        self._generation = max(1, max_tracked_requests // _REQUEST_GENERATIONS)
+        self._generations = max_tracked_requests // self._generation
         self._metrics_out = metrics
         self._audit_out = audit
         super().__init__("cost", **kwargs)
@@ -146,13 +180,13 @@ class CostStoreCollector(Collector[CostStore]):
     # --- runs on the collector thread only (or before it starts) ---------
 
     def _new_store(self) -> CostStore:
-        return CostStore()
+        return CostStore(self._generations)
 
     def _apply(self, record: CostRecord | ResetRecord) -> None:
         """Add one priced usage to every aggregate. Collector thread only."""
         store = self._store
         if type(record) is ResetRecord:
-            self._store = CostStore()
+            self._store = self._new_store()
             return
         assert isinstance(record, CostRecord)
         tenant, model, cost = record.tenant_id, record.model_version, record.cost
@@ -167,15 +201,26 @@ class CostStoreCollector(Collector[CostStore]):
         store.output_tokens[tenant] = store.output_tokens.get(tenant, 0) + record.output_tokens
         if not record.priced:
             store.unpriced[model] = store.unpriced.get(model, 0) + 1
-        if record.request_id is not None:
-            requests = store.by_request
-            requests[record.request_id] = requests.get(record.request_id, _ZERO) + cost
-            if len(requests) > self._max_requests:
-                requests.popitem(last=False)
-                store.requests_evicted += 1
+        request = record.request_id
+        if request is not None:
+            self._add_request_cost(store, request, cost)
         budget = self._budgets.get(tenant)
         if budget is not None:
             self._check_budget(store, tenant, budget, before, after, record)
+
+    def _add_request_cost(self, store: CostStore, request: str, cost: Decimal) -> None:
+        generations = store.by_request
+        for generation in reversed(generations):  # newest first: where repeats are
+            if request in generation:
+                generation[request] += cost
+                return
+        newest = generations[-1]
+        if len(newest) >= self._generation:
+            if len(generations) == generations.maxlen:
+                store.requests_evicted += len(generations[0])  # dropped by the append
+            newest = {}
+            generations.append(newest)
+        newest[request] = cost
 
     def _check_budget(
         self, store: CostStore, tenant: str, budget: Decimal, before: Decimal, after: Decimal,
@@ -237,7 +282,7 @@ class CostStoreCollector(Collector[CostStore]):
             usage=MappingProxyType(usage),
             unpriced=MappingProxyType(dict(store.unpriced)),
             budgets=MappingProxyType(budgets),
-            requests_tracked=len(store.by_request),
+            requests_tracked=sum(map(len, store.by_request)),
             requests_evicted=store.requests_evicted,
         )
 
@@ -253,7 +298,7 @@ class CostStoreCollector(Collector[CostStore]):
 
     def request_cost(self, request_id: str, timeout: float = 5.0) -> Decimal | None:
         """One request's cost, or ``None`` if unknown or evicted."""
-        return self.query(lambda store: store.by_request.get(request_id), timeout)
+        return self.query(lambda store: _request_cost(store, request_id), timeout)
 
     def model_cost(self, model_version: str, timeout: float = 5.0) -> Decimal:
         """One model version's cumulative cost."""
@@ -262,3 +307,11 @@ class CostStoreCollector(Collector[CostStore]):
     def total_cost(self, timeout: float = 5.0) -> Decimal:
         """The cumulative cost over every tenant."""
         return self.query(lambda store: store.total, timeout)
+
+
+def _request_cost(store: CostStore, request_id: str) -> Decimal | None:
+    for generation in reversed(store.by_request):
+        cost = generation.get(request_id)
+        if cost is not None:
+            return cost
+    return None

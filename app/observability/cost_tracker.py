@@ -180,7 +180,12 @@ class CostTracker:
         return self._collector.tenant_cost(tenant_id, self._read_timeout)
 
     def get_request_cost(self, request_id: str) -> Decimal | None:
-        """A request's cost, or ``None`` if unknown (or evicted from the bounded map)."""
+        """A request's cost, or ``None`` if unknown or evicted.
+
+        Only the most recent requests are kept, counted by their first cost: at most
+        ``max_tracked_requests`` and more than 7/8 of it (93,751 to 100,000 by
+        default; see :class:`collectors.cost.CostStoreCollector`).
+        """
         _check_text("request_id", request_id)
         return self._collector.request_cost(request_id, self._read_timeout)
 

@@ -85,6 +85,12 @@ class ObservabilitySettings(BaseModel):
     # --- costs ---
     price_table: dict[str, ModelPrice] = Field(default_factory=lambda: dict(DEFAULT_PRICE_TABLE))
     unpriced_policy: Literal["flag", "raise"] = "flag"
+    #: Upper bound N on the requests whose cost ``get_request_cost`` still knows. They
+    #: are kept in generations of max(1, N // 16) requests (by first cost); when a new
+    #: generation starts, the oldest is dropped whole (its requests counted as evicted)
+    #: if there were N // max(1, N // 16) already. So more than 7/8 of N of the
+    #: most recent requests are kept (93,751 to 100,000 for the default; exactly the
+    #: latest N when N < 32). Totals never forget.
     max_tracked_requests: int = Field(default=100_000, ge=1)
     budgets: dict[str, Decimal] = Field(default_factory=dict)
     budget_thresholds: tuple[Decimal, ...] = (Decimal("0.8"), Decimal("1.0"))

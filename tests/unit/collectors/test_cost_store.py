@@ -149,19 +149,131 @@ def test_any_costs_in_any_order_sum_exactly(entries: list[tuple[str, str, Decima
 # --- per request and its bound ------------------------------------------------------
 
 
-def test_request_costs_are_tracked_and_the_map_is_bounded(rig: Rig) -> None:
-    collector = rig.cost(max_tracked_requests=3)
-    for i in range(1, 6):
-        collector.send(cost("t", f"0.{i}", request=f"r{i}"))
-    collector.send(cost("t", "0.05", request="r5"))  # adding to a tracked request evicts nothing
+def test_request_costs_are_kept_in_generations_dropped_whole(rig: Rig) -> None:
+    collector = rig.cost(max_tracked_requests=32)  # 16 generations of 2 requests
+    for i in range(1, 33):
+        collector.send(cost("t", "0.1", request=f"r{i}"))
+    collector.send(cost("t", "0.01", request="r1"))  # in the oldest generation: added there
+    collector.send(cost("t", "0.02", request="r32"))  # in the newest one: evicts nothing
     collector.send(cost("t", "1"))  # no request id: not tracked
     snap = collector.snapshot(JOIN)
-    assert (snap.requests_tracked, snap.requests_evicted) == (3, 2)
-    assert collector.request_cost("r1") is None  # oldest evicted first
+    assert (snap.requests_tracked, snap.requests_evicted) == (32, 0)  # full, nothing lost yet
+    assert collector.request_cost("r1") == Decimal("0.11")
+    assert collector.request_cost("r32") == Decimal("0.12")
+
+    collector.send(cost("t", "0.5", request="r33"))  # a 17th generation: r1 and r2 go together
+    snap = collector.snapshot(JOIN)
+    assert (snap.requests_tracked, snap.requests_evicted) == (31, 2)
+    assert collector.request_cost("r1") is None
     assert collector.request_cost("r2") is None
-    assert collector.request_cost("r3") == Decimal("0.3")
-    assert collector.request_cost("r5") == Decimal("0.55")
-    assert snap.total == Decimal("2.55")  # eviction never touches the totals
+    assert collector.request_cost("r3") == Decimal("0.1")
+    assert collector.request_cost("r33") == Decimal("0.5")
+    assert snap.total == Decimal("4.73")  # eviction never touches the totals
+    assert snap.by_tenant == {"t": Decimal("4.73")}
+
+    collector.send(cost("t", "0.7", request="r1"))  # evicted, so it starts again (with r33)
+    assert collector.snapshot(JOIN).requests_tracked == 32
+    collector.send(cost("t", "0.6", request="r34"))  # r3 and r4 go
+    snap = collector.snapshot(JOIN)
+    assert (snap.requests_tracked, snap.requests_evicted) == (31, 4)
+    assert collector.request_cost("r1") == Decimal("0.7")
+    assert collector.request_cost("r4") is None
+    assert collector.request_cost("r5") == Decimal("0.1")
+    assert snap.total == Decimal("6.03")
+
+
+
+def test_a_reset_store_keeps_the_request_bound(rig: Rig) -> None:
+    collector = rig.cost(max_tracked_requests=5)
+    for i in range(8):
+        collector.send(cost("t", "1", request=f"r{i}"))
+    collector.send_control(ResetRecord())
+    for i in range(7):
+        collector.send(cost("t", "1", request=f"n{i}"))
+    snap = collector.snapshot(JOIN)
+    assert (snap.requests_tracked, snap.requests_evicted) == (5, 2)
+    assert collector.request_cost("r7") is None
+    assert collector.request_cost("n1") is None
+    assert collector.request_cost("n2") == Decimal("1")
+
+
+@pytest.mark.parametrize(("bound", "sent", "kept"), [
+    (1, 100, 1),  # the latest only
+    (5, 100, 5),  # below 16: generations of one request, exactly the latest N
+    (31, 100, 31),
+    (32, 100, 32),  # generations of 2: 31 or 32 kept
+    (32, 101, 31),
+    (100, 300, 96),  # 16 generations of 6: 91 to 96 kept
+    (100, 301, 91),
+])
+def test_the_request_bound_holds(rig: Rig, bound: int, sent: int, kept: int) -> None:
+    collector = rig.cost(max_tracked_requests=bound)
+    for i in range(sent):
+        collector.send(cost("t", "1", request=f"r{i}"))
+    snap = collector.snapshot(JOIN)
+    assert (snap.requests_tracked, snap.requests_evicted) == (kept, sent - kept)
+    assert collector.request_cost(f"r{sent - 1}") == Decimal("1")  # the latest is kept
+    assert collector.request_cost(f"r{sent - kept}") == Decimal("1")  # so are the last `kept`
+    assert collector.request_cost(f"r{sent - kept - 1}") is None
+    assert snap.total == Decimal(sent)
+
+
+def test_the_default_bound_keeps_93751_to_100000_requests(rig: Rig) -> None:
+    collector = rig.cost()
+    records = [cost("t", "0.001", request=f"r{i}") for i in range(100_001)]
+    for start in range(0, 100_000, 1_000):
+        collector.send(Batch(tuple(records[start:start + 1_000])), 1_000)
+    snap = collector.snapshot(JOIN)
+    assert (snap.requests_tracked, snap.requests_evicted) == (100_000, 0)
+    collector.send(records[-1])
+    snap = collector.snapshot(JOIN)
+    assert (snap.requests_tracked, snap.requests_evicted) == (93_751, 6_250)
+    assert collector.request_cost("r6249") is None
+    assert collector.request_cost("r6250") == Decimal("0.001")
+    assert snap.total == Decimal("100.001")
+
+
+@settings(max_examples=40, deadline=None, database=None)
+@given(st.integers(min_value=1, max_value=48),
+       st.lists(st.tuples(st.integers(min_value=0, max_value=59), st.integers(0, 99)),
+                max_size=150))
+def test_request_costs_follow_the_generation_model(
+    bound: int, entries: list[tuple[int, int]]
+) -> None:
+    """Against a model of the documented rule: requests numbered by first cost."""
+    size = max(1, bound // 16)  # requests per generation
+    kept_generations = bound // size
+    started: dict[str, int] = {}  # request -> its number (the last time it started)
+    sums: dict[str, Decimal] = {}
+    count = 0  # requests started so far
+
+    def kept(request: str) -> bool:
+        newest = (count - 1) // size
+        return request in started and started[request] // size > newest - kept_generations
+
+    collector = CostStoreCollector(max_tracked_requests=bound)
+    collector.start()
+    try:
+        for number, cents in entries:
+            request, amount = f"r{number}", Decimal(cents).scaleb(-2)
+            collector.send(CostRecord("t", request, "m", 1, 1, amount, True, 0))
+            if kept(request):
+                sums[request] += amount
+            else:
+                started[request], sums[request] = count, amount
+                count += 1
+        snap = collector.snapshot(JOIN)
+        tracked = {r for r in started if kept(r)}
+        assert snap.requests_tracked == len(tracked) <= bound
+        assert len(tracked) >= min(count, bound - 2 * size + 2)  # "more than N - 2G"
+        assert snap.requests_evicted == count - len(tracked)
+        for number in range(60):
+            request = f"r{number}"
+            assert collector.request_cost(request, JOIN) == (
+                sums[request] if request in tracked else None)
+        assert snap.total == sum((Decimal(c).scaleb(-2) for _, c in entries), Decimal(0))
+    finally:
+        collector.stop(JOIN)
 
 
 def test_a_request_bound_below_one_is_refused() -> None:
