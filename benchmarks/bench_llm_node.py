@@ -478,7 +478,7 @@ def _analysis(main: Runs, parts: Runs, nodes: int) -> str:
     reference = parts.net("ours_node").median
     if frozen < 0.9 * reference:
         freeze_advice = (
-            "5. **Freeze the start-up heap**: call `gc.freeze()` once the container and the"
+            "4. **Freeze the start-up heap**: call `gc.freeze()` once the container and the"
             " workflow are built, so the collections that the records' churn triggers do not"
             " traverse the long-lived objects of the imported libraries every time (prototype"
             f" row: {fmt_us(frozen)} µs against {fmt_us(reference)} µs)."
@@ -499,14 +499,13 @@ loop). Garbage collection pauses account for {fmt_us(gc_ours)} µs per node (the
 collectors running; with the collectors paused the whole node costs the caller
 {fmt_us(paused)} µs, and applying its records afterwards {fmt_us(drain)} µs. Per generation the
 caller validates, prices with `Decimal` (`estimate_cost`, `build_record`), builds four
-`MetricRecord`s, a `CostRecord`, a random 96-bit event id, a nine-to-eleven-entry attribute
-dict, its tuple and a 13-field `SpanRecord`; the collectors then apply five records and run the
-span redactor over the generation's nine or more attribute values, of which `event_id` (and,
-in a workflow run, `request_id`) is unique per call and therefore misses the redactor's memo
-cache every time (and keeps refilling it until it is cleared). Measured side by side in the
-breakdown: the whole node {fmt_us(reference)} µs, without the redactor (`redact=False`)
-{fmt_us(no_redact)} µs, with the start-up heap frozen (`gc.freeze()`, prototype row)
-{fmt_us(frozen)} µs.
+`(metric, labels, value)` tuples on label sets it built once, a `CostRecord`, a random 96-bit
+event id, a flat attribute tuple and a 13-field span tuple; the collectors then apply five
+records. The span redactor no longer runs when a span is stored, only where spans leave the
+store (reads and exports), so the generation's unique `event_id` no longer costs a memo miss
+per call. Measured side by side in the breakdown: the whole node {fmt_us(reference)} µs,
+without the redactor (`redact=False`) {fmt_us(no_redact)} µs (now about the same), with the
+start-up heap frozen (`gc.freeze()`, prototype row) {fmt_us(frozen)} µs.
 
 Design changes (for the lead), in order of payoff:
 
@@ -518,11 +517,7 @@ Design changes (for the lead), in order of payoff:
    arguments (tenant, model, prompt, tokens, latency, cost, ids, parent ids) and let the trace
    collector expand it into the `SpanRecord` with its attribute tuple; the caller then builds
    one tuple instead of a dict, a tuple of pairs and a record.
-3. **Redact by key, not by value, for attributes the library itself writes**: the generation
-   span's keys are a fixed set whose values are ids, versions, numbers and a formatted cost;
-   mark those keys as safe (a frozenset checked before the value scan) so the redactor scans
-   only free-text attributes and unique ids stop churning its memo cache.
-4. **Price without `Decimal` on the hot path**: integer micro-dollars (or a per-(model,
+3. **Price without `Decimal` on the hot path**: integer micro-dollars (or a per-(model,
    tokens) cache of the `Decimal` product), converting to `Decimal` at export.
 {freeze_advice}
 
