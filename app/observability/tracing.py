@@ -232,20 +232,18 @@ class Span:
             raise ValueError("event name must be a non-empty str")
         for key, value in attributes.items():
             _check_attribute(key, value)
-        event = SpanEvent(name, time.time_ns(), tuple(attributes.items()))
-        if self.events is None:
-            self.events = [event]
-        else:
-            self.events.append(event)
+        self._add_event(SpanEvent(name, time.time_ns(), tuple(attributes.items())))
 
     def record_exception(self, exc: BaseException) -> None:
         """Mark the span as failed and add an ``exception`` event."""
         self.status = "error"
-        event = SpanEvent("exception", time.time_ns(), (
+        self._add_event(SpanEvent("exception", time.time_ns(), (
             ("exception.type", exception_type_name(exc)),
             ("exception.message", str(exc)[:_MAX_ERROR_MESSAGE]),
-        ))
-        if self.events is None:
+        )))
+
+    def _add_event(self, event: SpanEvent) -> None:
+        if self.events is None:  # most spans never get one: no list until then
             self.events = [event]
         else:
             self.events.append(event)
