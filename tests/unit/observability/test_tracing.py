@@ -682,3 +682,26 @@ def test_end_span_with_a_bad_status_leaves_the_span_open(obs: Observability) -> 
     assert not span.ended
     obs.tracing.end_span_sync(span)
     assert [s.name for s in obs.tracing.finished_spans()] == ["node"]
+
+
+@pytest.mark.parametrize("batched", [True, False])
+def test_finish_records_the_span_duration_as_a_latency_metric(
+    obs: Observability, batched: bool
+) -> None:
+    """The node wrapper's end: the span and its latency come from one end time."""
+    root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1", batch=batched)
+    span = obs.tracing.start_child_span("policy_check", "node")
+    labels = (("node", "policy_check"), ("status", "ok"), ("tenant_id", "t1"))
+    record = obs.tracing.finish(span, None, None, "node_execution_latency", labels)
+    if batched:  # still in the run's outbox until the root ends
+        assert obs.flush(5.0)
+        assert obs.metrics.export_metrics()["node_execution_latency"]["series"] == []
+    obs.tracing.end_span_sync(root)
+    assert obs.flush(5.0)
+    (series,) = obs.metrics.export_metrics()["node_execution_latency"]["series"]
+    assert series["labels"] == {"node": "policy_check", "status": "ok", "tenant_id": "t1"}
+    assert series["count"] == 1
+    assert series["sum"] == pytest.approx((record[6] - record[5]) / 1e9)
+    stored = {s.name: s for s in obs.tracing.finished_spans()}
+    assert stored["policy_check"].duration_ns == record[6] - record[5]
+    assert stored["policy_check"].parent_span_id == root.span_id
