@@ -155,6 +155,8 @@ class LangfuseClient:
         if outbox is not None:  # inside a batched workflow run: enqueued when it ends
             outbox.costs.append(cost_record)
             outbox.metrics.extend(usage)
+            if not outbox.open:  # closed by its root meanwhile: send it ourselves
+                self._tracing.send_outbox(outbox)
         else:
             self._costs.send_record(cost_record)
             self._metrics.send(Batch(usage), len(usage))

@@ -24,6 +24,7 @@ import math
 import os
 import random
 import re
+import threading
 import time
 import weakref
 from collections.abc import Mapping
@@ -112,12 +113,20 @@ class Outbox:
     descendants (node spans, generations, the instrumentation's metrics and
     costs) append their finished, immutable records here instead of putting
     each on a queue; the root's end sends at most one :class:`Batch` per
-    collector. Appends come from the run's own tasks and threads (a
-    ``list.append`` is atomic); nothing reads the lists until the root ends.
-    If a run grows past ``limit`` spans and metrics (checked when a span ends), it is sent early.
+    collector. If a run grows past ``limit`` spans and metrics (checked when a
+    span ends), what it has so far is sent early.
+
+    Appends come from the run's own tasks and threads without a lock (a
+    ``list.append`` is atomic). Taking the lists' contents to send them
+    (:meth:`TracingService.send_outbox`) holds ``lock``, so two senders never
+    take the same records. Nothing is lost at the close either: the root sets
+    ``open = False`` *before* it takes the lists, and a descendant that saw the
+    outbox open checks ``open`` again *after* its appends and, if the root closed
+    it meanwhile, sends what is left itself. Either the root's take comes after
+    the append, or the appender's second check sees the close.
     """
 
-    __slots__ = ("costs", "limit", "metrics", "open", "spans")
+    __slots__ = ("costs", "limit", "lock", "metrics", "open", "spans")
 
     def __init__(self, limit: int = 512) -> None:
         # Plain tuples in record field order (see collectors.records).
@@ -126,6 +135,7 @@ class Outbox:
         self.costs: list[CostRecord] = []
         self.limit = limit
         self.open = True
+        self.lock = threading.Lock()
 
 
 class Span:
@@ -568,8 +578,8 @@ class TracingService:
             if type(parent) is not Span or parent.outbox is not outbox:  # the owner ends
                 outbox.open = False
                 self.send_outbox(outbox)
-            elif len(outbox.spans) + len(metrics) >= outbox.limit:  # a long run: send early
-                self.send_outbox(outbox)
+            elif not outbox.open or len(outbox.spans) + len(metrics) >= outbox.limit:
+                self.send_outbox(outbox)  # closed by the root meanwhile, or a long run
         else:  # not batched, or ending after its root
             if span.sampled and self._collector is not None:
                 self._collector.send(record)
@@ -578,10 +588,17 @@ class TracingService:
         return record
 
     def send_outbox(self, outbox: Outbox) -> None:
-        """Enqueue everything in ``outbox`` (one batch per collector) and empty it."""
-        _send_batch(_take(outbox.spans), self._collector)
-        _send_batch(_take(outbox.metrics), self._metrics)
-        _send_batch(_take(outbox.costs), self._costs)
+        """Enqueue everything in ``outbox`` (one batch per collector) and empty it.
+
+        Safe from any thread of the run, concurrently with appends and with
+        other senders (see :class:`Outbox`).
+        """
+        with outbox.lock:
+            spans, metrics, costs = (
+                _take(outbox.spans), _take(outbox.metrics), _take(outbox.costs))
+        _send_batch(spans, self._collector)
+        _send_batch(metrics, self._metrics)
+        _send_batch(costs, self._costs)
 
     def current_outbox(self) -> Outbox | None:
         """The open outbox of the current batched run, if any."""
@@ -650,6 +667,8 @@ class TracingService:
             outbox = parent.outbox if type(parent) is Span else None
             if outbox is not None and outbox.open:
                 outbox.spans.append(record)
+                if not outbox.open:  # closed by its root meanwhile: send it ourselves
+                    self.send_outbox(outbox)
             elif self._collector is not None:
                 self._collector.send(record)
         return record
@@ -686,10 +705,11 @@ def _send_batch(records: list[Any], actor: Collector[Any] | None) -> None:
 
 
 def _take(items: list[Any]) -> list[Any]:
-    """Remove and return the first ``len(items)`` items.
+    """Remove and return the first ``len(items)`` items (the caller holds the outbox lock).
 
     Another thread of the run may append meanwhile; what it appends after the
-    length was read stays in the list (``del`` of a prefix is one atomic step).
+    length was read stays in the list (``del`` of a prefix is one atomic step)
+    for the next sender.
     """
     count = len(items)
     taken = items[:count]

@@ -705,3 +705,68 @@ def test_finish_records_the_span_duration_as_a_latency_metric(
     stored = {s.name: s for s in obs.tracing.finished_spans()}
     assert stored["policy_check"].duration_ns == record[6] - record[5]
     assert stored["policy_check"].parent_span_id == root.span_id
+
+
+class _CloseBeforeAppend(list):  # type: ignore[type-arg]
+    """A list whose next append first runs ``before`` (a thread switch at the worst moment)."""
+
+    def __init__(self, items: list[Any], before: Any) -> None:
+        super().__init__(items)
+        self.before = before
+
+    def append(self, item: Any) -> None:
+        before, self.before = self.before, None
+        if before is not None:
+            before()
+        super().append(item)
+
+
+def test_a_record_appended_while_the_root_closes_its_outbox_is_still_sent(
+    obs: Observability,
+) -> None:
+    """The descendant saw the outbox open; the root closed and emptied it before the append."""
+    root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1", batch=True)
+    child = obs.tracing.start_child_span("late_node", "node")
+    outbox = root.outbox
+    assert outbox is not None
+    # The root ends (in its own context) exactly between the child's check and append.
+    outbox.spans = _CloseBeforeAppend(outbox.spans, lambda: obs.tracing.finish(root))
+    obs.tracing.finish(child, None, None, "node_execution_latency",
+                       (("node", "late_node"), ("status", "ok"), ("tenant_id", "t1")))
+    assert obs.flush(5.0)
+    names = sorted(span.name for span in obs.tracing.finished_spans())
+    assert names == ["late_node", "wf"]
+    (series,) = obs.metrics.export_metrics()["node_execution_latency"]["series"]
+    assert series["count"] == 1
+    assert obs.health().dropped_total == 0
+
+
+def test_early_sends_from_many_threads_never_duplicate_or_lose_a_record(
+    obs: Observability,
+) -> None:
+    """Nodes of one run on several threads all reach the outbox limit at once."""
+    root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1", batch=True)
+    assert root.outbox is not None
+    root.outbox.limit = 3
+    labels = (("node", "n"), ("status", "ok"), ("tenant_id", "t1"))
+    barrier = threading.Barrier(8)
+
+    def node_spans() -> None:
+        barrier.wait()
+        for _ in range(250):
+            span = obs.tracing.start_child_span("n", "node")
+            obs.tracing.finish(span, None, None, "node_execution_latency", labels)
+
+    threads = [threading.Thread(target=contextvars.copy_context().run, args=(node_spans,))
+               for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    obs.tracing.finish(root)
+    assert obs.flush(10.0)
+    spans = obs.tracing.finished_spans()
+    assert len(spans) == 8 * 250 + 1
+    assert len({span.span_id for span in spans}) == len(spans)
+    (series,) = obs.metrics.export_metrics()["node_execution_latency"]["series"]
+    assert series["count"] == 8 * 250
