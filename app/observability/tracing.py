@@ -667,8 +667,9 @@ class TracingService:
             outbox = parent.outbox if type(parent) is Span else None
             if outbox is not None and outbox.open:
                 outbox.spans.append(record)
-                if not outbox.open:  # closed by its root meanwhile: send it ourselves
-                    self.send_outbox(outbox)
+                if not outbox.open or (len(outbox.spans) + len(outbox.metrics)
+                                       >= outbox.limit):
+                    self.send_outbox(outbox)  # closed by the root meanwhile, or a long run
             elif self._collector is not None:
                 self._collector.send(record)
         return record

@@ -224,3 +224,23 @@ def test_batched_run_carries_generations_to_the_root_end(obs: Observability) -> 
 
     assert obs.costs.get_tenant_cost("t1") == generation.cost
     assert len(obs.tracing.finished_spans()) == 2
+
+
+def test_generations_count_toward_the_outbox_limit(obs: Observability) -> None:
+    """A run that only logs generations is still sent early once it reaches the limit."""
+    root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1", batch=True)
+    assert root.outbox is not None
+    root.outbox.limit = 10
+    for _ in range(3):
+        obs.langfuse.log_generation_sync(
+            tenant_id="t1", model_version="risk-llm-v2", prompt_version="p/v1",
+            input_tokens=1, output_tokens=1, latency=0.0,
+        )
+    # Each generation adds a span and four usage metrics: the second reaches the limit
+    # (2 + 8 records) and sends the run so far; the third stays for the root's end.
+    assert (len(root.outbox.spans), len(root.outbox.metrics)) == (1, 4)
+    assert obs.flush(5.0)
+    assert len(obs.tracing.finished_spans()) == 2
+    obs.tracing.end_span_sync(root)
+    assert obs.flush(5.0)
+    assert len(obs.tracing.finished_spans()) == 4
