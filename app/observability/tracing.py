@@ -114,7 +114,7 @@ class Outbox:
     costs) append their finished, immutable records here instead of putting
     each on a queue; the root's end sends at most one :class:`Batch` per
     collector. If a run grows past ``limit`` spans and metrics (checked when a
-    span ends), what it has so far is sent early.
+    span ends or a finished span is recorded), what it has so far is sent early.
 
     Appends come from the run's own tasks and threads without a lock (a
     ``list.append`` is atomic). Taking the lists' contents to send them
