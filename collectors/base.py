@@ -96,6 +96,8 @@ class _Stop(NamedTuple):
 
 
 _STOP = _Stop()
+#: Item types the loop handles itself; any other item is a record for ``_apply``.
+_SPECIAL = frozenset({Batch, _Flush, _Query, _Stop})
 
 
 class _DropCounter:
@@ -476,7 +478,13 @@ class Collector(ABC, Generic[StoreT]):
                 for index, item in enumerate(items):
                     done = 0
                     kind = type(item)
-                    if kind is Batch:
+                    if kind is tuple or kind not in _SPECIAL:  # a record (plain tuple first)
+                        try:
+                            apply(item)
+                            applied += 1
+                        except Exception as exc:
+                            self._handler_failed(item, exc)
+                    elif kind is Batch:
                         for record in item.records:
                             try:
                                 apply(record)
@@ -493,15 +501,9 @@ class Collector(ABC, Generic[StoreT]):
                         self._applied += applied
                         applied = 0
                         _run_query(item)
-                    elif kind is _Stop:
+                    else:  # _Stop
                         stop_at = index
                         break
-                    else:
-                        try:
-                            apply(item)
-                            applied += 1
-                        except Exception as exc:
-                            self._handler_failed(item, exc)
                 self._applied += applied
                 applied = 0
                 handled, items = items, []

@@ -34,7 +34,7 @@ __all__ = ("MetricsCollector", "format_bound")
 
 _INF = math.inf
 _FLOAT_MAX = sys.float_info.max
-_VALID_CACHE_SIZE = 4_096
+_VALID_CACHE_SIZE = 16_384
 
 
 def format_bound(bound: float) -> str:
@@ -84,10 +84,13 @@ class MetricsCollector:
             for name, spec in catalog.items() if spec.type == "histogram"
         }
         self._send = collector.send
-        #: Label sets already validated, per metric (a bounded cache). Each maps
-        #: to itself: records carry the first instance, one long-lived tuple the
-        #: GC has untracked, instead of the caller's new one (collectors.records).
-        self._valid: dict[str, dict[Labels, Labels]] = {name: {} for name in catalog}
+        #: Label sets already validated, per kind: ``(metric, labels as given)``
+        #: -> the validated labels (a bounded cache). A hit is the whole check of
+        #: the metric and its labels. Records carry the validated instance, one
+        #: long-lived tuple the GC has untracked, instead of the caller's new one
+        #: (collectors.records).
+        self._valid_counters: dict[tuple[str, Labels], Labels] = {}
+        self._valid_histograms: dict[tuple[str, Labels], Labels] = {}
 
     @property
     def catalog(self) -> Mapping[str, MetricSpec]:
@@ -109,9 +112,10 @@ class MetricsCollector:
                 label value, negative or non-finite amount.
             TypeError: A non-numeric amount or a non-string label value.
         """
-        allowed = self._counters.get(metric) if type(metric) is str else None
-        if allowed is None:
-            raise _unknown(metric, "counter", self._counters, self._histograms)
+        try:
+            known = self._valid_counters[metric, tuple(labels.items())]
+        except (KeyError, TypeError):  # not validated yet, or unhashable: the full check
+            known = self._validate(metric, amount, labels, counter=True)
         kind = type(amount)
         if kind is int:
             # An int beyond the float range would make the store's float
@@ -123,10 +127,6 @@ class MetricsCollector:
                 raise ValueError(f"amount must be finite and >= 0, got {amount!r}")
         else:
             raise TypeError(f"amount must be an int or float, got {kind.__name__}")
-        key = tuple(labels.items())
-        known = self._known_labels(metric, key)
-        if known is None:
-            known = self._check_labels(metric, allowed, labels, key)
         self._send((metric, known, amount))  # a plain tuple: see collectors.records
 
     def observe_latency(self, metric: str, seconds: float, /, **labels: str) -> None:
@@ -142,71 +142,74 @@ class MetricsCollector:
                 negative or non-finite latency.
             TypeError: A non-numeric latency or a non-string label value.
         """
-        allowed = self._histograms.get(metric) if type(metric) is str else None
-        if allowed is None:
-            raise _unknown(metric, "histogram", self._histograms, self._counters)
+        try:
+            known = self._valid_histograms[metric, tuple(labels.items())]
+        except (KeyError, TypeError):  # not validated yet, or unhashable: the full check
+            known = self._validate(metric, seconds, labels, counter=False)
         kind = type(seconds)
         if kind is not float and kind is not int:
             raise TypeError(f"latency must be a float (seconds), got {kind.__name__}")
         if not 0 <= seconds <= _FLOAT_MAX:  # also rejects NaN, inf and ints past float range
             raise ValueError(f"latency must be finite and >= 0 seconds, got {seconds!r}")
-        key = tuple(labels.items())
-        known = self._known_labels(metric, key)
-        if known is None:
-            known = self._check_labels(metric, allowed, labels, key)
         self._send((metric, known, seconds))
 
     #: ``observe`` is the general name for histograms that are not latencies.
     observe = observe_latency
 
-    def _known_labels(self, metric: str, key: tuple[tuple[str, Any], ...]) -> Labels | None:
-        """The validated instance of ``key`` if it was validated before (the fast path).
-
-        Lookup compares by equality, and a ``str`` subclass (a ``StrEnum``
-        member) equals the plain string validated earlier, so the value types
-        are checked here too: a call is accepted or refused the same way
-        whatever was recorded before it.
-        """
-        try:
-            known = self._valid[metric].get(key)
-        except TypeError:  # an unhashable label value: the full check names it
-            return None
-        if known is not None:
-            for pair in key:
-                if type(pair[1]) is not str:
-                    return None
-        return known
-
-    def _check_labels(
-        self, metric: str, allowed: frozenset[str], labels: dict[str, Any],
-        key: tuple[tuple[str, Any], ...],
+    def _validate(
+        self, metric: object, value: object, labels: dict[str, Any], *, counter: bool
     ) -> Labels:
-        """Validate a label set once; remember it so the next call skips the checks.
+        """The full check of a call not seen before; remembers a valid label set.
+
+        Checks in order the metric, the value's type (the value itself is
+        checked by the caller) and the labels. A label value of a ``str``
+        subclass (a ``StrEnum`` member) is accepted as its plain string: the
+        series and the cache hold plain strings, and such a value is accepted
+        the same way whether or not its plain string was recorded before (the
+        two are equal, so a cache hit finds the same series).
 
         Returns:
-            ``key``, now the validated instance.
+            The validated labels, as stored in records.
         """
+        same, other = (
+            (self._counters, self._histograms) if counter else (self._histograms, self._counters)
+        )
+        allowed = same.get(metric) if type(metric) is str else None
+        if allowed is None:
+            raise _unknown(metric, "counter" if counter else "histogram", same, other)
+        assert isinstance(metric, str)
+        kind = type(value)
+        if kind is not int and kind is not float:
+            raise TypeError(
+                f"amount must be an int or float, got {kind.__name__}" if counter
+                else f"latency must be a float (seconds), got {kind.__name__}"
+            )
         if not labels.keys() <= allowed:
             extra = sorted(labels.keys() - allowed)
             raise ValueError(
                 f"metric {metric!r} has no label {extra[0]!r}; declared: {sorted(allowed)}"
             )
-        for name, value in labels.items():
-            if type(value) is not str:
+        pairs: list[tuple[str, str]] = []
+        for name, label in labels.items():
+            if not isinstance(label, str):
                 raise TypeError(
-                    f"label {name!r} of {metric!r} must be a str, got {type(value).__name__}"
+                    f"label {name!r} of {metric!r} must be a str, got {type(label).__name__}"
                 )
-            if not value:
+            if type(label) is not str:
+                label = str.__str__(label)  # a StrEnum member or other subclass: plain str
+            if not label:
                 raise ValueError(f"label {name!r} of {metric!r} must not be empty")
-            if len(value) > self._max_label:
+            if len(label) > self._max_label:
                 raise ValueError(
                     f"label {name!r} of {metric!r} is longer than {self._max_label} characters"
                 )
-        valid = self._valid[metric]
+            pairs.append((name, label))
+        known = tuple(pairs)
+        valid = self._valid_counters if counter else self._valid_histograms
         if len(valid) >= _VALID_CACHE_SIZE:  # bounded: a label flood must not grow it
             valid.clear()
-        valid[key] = key
-        return key
+        valid[metric, known] = known
+        return known
 
     # --- reading (answered by the collector threads) ------------------------
 

@@ -152,34 +152,34 @@ class Span:
         "tenant_id", "trace_id",
     )
 
-    def __init__(
-        self, name: str, kind: str, trace_id: int, span_id: int, parent: Span | SpanContext | None,
-        sampled: bool, attributes: dict[str, AttributeValue] | None,
-        tenant_id: str | None, correlation_id: str | None, request_id: str | None,
-    ) -> None:
-        self.name = name
-        self.kind = kind
-        self.trace_id = trace_id
-        self.span_id = span_id
-        self.parent = parent
-        self.sampled = sampled
-        #: Attributes set on this span (the identity attributes are kept apart);
-        #: ``None`` until the first is set (most node spans never get one).
-        self.attributes = attributes
-        self.tenant_id = tenant_id
-        self.correlation_id = correlation_id
-        self.request_id = request_id
-        #: The tenant, correlation and request id attributes, flat (``("k1",
-        #: v1, ...)``, the records' wire form): one tuple, shared by a run's spans.
-        self.identity = _identity(tenant_id, correlation_id, request_id)
-        self.events: list[SpanEvent] | None = None
-        self.outbox: Outbox | None = None
-        self.status = "unset"
-        self.end_ns = 0
-        self.start_ns = time.time_ns()
-        self._perf_start = time.perf_counter_ns()
-        self._token: Token[Span | SpanContext | None] | None = None
-        self._service: TracingService | None = None
+    name: str
+    kind: str
+    trace_id: int
+    span_id: int
+    parent: Span | SpanContext | None
+    sampled: bool
+    #: Attributes set on this span (the identity attributes are kept apart);
+    #: ``None`` until the first is set (most node spans never get one).
+    attributes: dict[str, AttributeValue] | None
+    tenant_id: str | None
+    correlation_id: str | None
+    request_id: str | None
+    #: The tenant, correlation and request id attributes, flat (``("k1",
+    #: v1, ...)``, the records' wire form): one tuple, shared by a run's spans.
+    identity: tuple[AttributeValue, ...]
+    events: list[SpanEvent] | None
+    outbox: Outbox | None
+    status: str
+    end_ns: int
+    start_ns: int
+    _perf_start: int
+    _token: Token[Span | SpanContext | None]
+    _service: TracingService
+
+    def __init__(self) -> None:
+        # TracingService builds spans without __init__ (every slot set by hand,
+        # the hot path); a span made any other way would have no context token.
+        raise TypeError("start spans with TracingService.start_span() or .span(), not Span()")
 
     @property
     def context(self) -> SpanContext:
@@ -271,7 +271,7 @@ class Span:
         self, exc_type: type[BaseException] | None, exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if not self.end_ns and self._service is not None:
+        if not self.end_ns:
             self._service.finish(self, None, exc)  # a live span of ours: no checks needed
 
     async def __aenter__(self) -> Span:
@@ -312,6 +312,8 @@ class TracingService:
         self._read_timeout = read_timeout
         self._metrics = metrics
         self._costs = costs
+        self._send_span = collector.send if collector is not None else None
+        self._send_metric = metrics.send if metrics is not None else None
         self._sample_bound = round(sample_ratio * (1 << 64))
         self._id_seed = id_seed
         self._rng = random.Random(id_seed)
@@ -402,17 +404,27 @@ class TracingService:
             raise (ValueError if isinstance(kind, str) else TypeError)(
                 f"span kind must be one of {sorted(_KINDS)}, got {kind!r}"
             )
-        if parent is not None and type(parent) is not Span and type(parent) is not SpanContext:
+        if parent is None:
+            if not root:
+                parent = self._current.get()
+        elif type(parent) is not Span and type(parent) is not SpanContext:
             raise TypeError(f"parent must be a Span or SpanContext, got {type(parent).__name__}")
-        if attributes is not None and not isinstance(attributes, Mapping):
-            raise TypeError(f"attributes must be a mapping, got {type(attributes).__name__}")
-        if parent is None and not root:
-            parent = self._current.get()
-        if (type(parent) is Span and tenant_id is None and correlation_id is None
-                and request_id is None):
-            # The common child span: identity inherited, already validated.
-            tenant_id, correlation_id, request_id = (
-                parent.tenant_id, parent.correlation_id, parent.request_id)
+        attrs: dict[str, AttributeValue] | None = None
+        if attributes is not None:
+            if not isinstance(attributes, Mapping):
+                raise TypeError(f"attributes must be a mapping, got {type(attributes).__name__}")
+            if attributes:
+                attrs = {}
+                for key, value in attributes.items():
+                    _check_attribute(key, value)
+                    attrs[key] = value
+        if tenant_id is None and correlation_id is None and request_id is None:
+            if type(parent) is Span:  # the common child span: identity inherited, validated
+                tenant_id, correlation_id, request_id = (
+                    parent.tenant_id, parent.correlation_id, parent.request_id)
+                identity = parent.identity
+            else:
+                identity = ()
         else:
             if type(parent) is Span:
                 if tenant_id is None:
@@ -427,26 +439,36 @@ class TracingService:
                 _check_id("correlation_id", correlation_id)
             if request_id is not None:
                 _check_id("request_id", request_id)
-        attrs: dict[str, AttributeValue] = {}
-        if attributes:
-            for key, value in attributes.items():
-                _check_attribute(key, value)
-                attrs[key] = value
+            identity = _identity(tenant_id, correlation_id, request_id)
         getrandbits = self._rng.getrandbits
+        span = _new_span(Span)  # every slot is set below: no __init__ call on this path
         if parent is None:
-            trace_id = getrandbits(128) or 1
-            sampled = (trace_id & _MASK64) < self._sample_bound
+            span.trace_id = trace_id = getrandbits(128) or 1
+            span.sampled = (trace_id & _MASK64) < self._sample_bound
         else:
-            trace_id = parent.trace_id
-            sampled = parent.sampled
-        span = Span(name, kind, trace_id, getrandbits(64) or 1, parent, sampled, attrs,
-                    tenant_id, correlation_id, request_id)
+            span.trace_id = parent.trace_id
+            span.sampled = parent.sampled
+        span.span_id = getrandbits(64) or 1
+        span.name = name
+        span.kind = kind
+        span.parent = parent
+        span.attributes = attrs
+        span.tenant_id = tenant_id
+        span.correlation_id = correlation_id
+        span.request_id = request_id
+        span.identity = identity
+        span.events = None
         if batch:
             span.outbox = Outbox()
         elif type(parent) is Span:
             outbox = parent.outbox
-            if outbox is not None and outbox.open:
-                span.outbox = outbox
+            span.outbox = outbox if outbox is not None and outbox.open else None
+        else:
+            span.outbox = None
+        span.status = "unset"
+        span.end_ns = 0
+        span.start_ns = time.time_ns()
+        span._perf_start = time.perf_counter_ns()
         span._service = self
         span._token = self._current.set(span)
         return span
@@ -538,8 +560,15 @@ class TracingService:
         """
         start_ns = span.start_ns
         span.end_ns = end_ns = start_ns + (time.perf_counter_ns() - span._perf_start)
-        error_type = error_message = None
-        if error is not None:
+        current = self._current
+        if current.get() is span:
+            try:
+                current.reset(span._token)
+            except ValueError:  # ended in another context than it started in
+                current.set(span.parent)
+        if error is None:
+            error_type = error_message = None
+        else:
             span.record_exception(error)
             error_type = exception_type_name(error)
             error_message = str(error)[:_MAX_ERROR_MESSAGE]
@@ -548,20 +577,12 @@ class TracingService:
             if status == "unset":
                 status = "ok"
         span.status = status
-        token = span._token
-        if token is not None:
-            current = self._current
-            if current.get() is span:
-                try:
-                    current.reset(token)
-                except ValueError:  # ended in another context than it started in
-                    current.set(span.parent)
         parent = span.parent
         attributes = span.attributes
         events = span.events
         # A plain tuple, not a SpanRecord: see collectors.records on the GC.
         record = (
-            span.trace_id, span.span_id, parent.span_id if parent is not None else 0,
+            span.trace_id, span.span_id, 0 if parent is None else parent.span_id,
             span.name, span.kind, start_ns, end_ns, status,
             error_type, error_message,
             _merge(span.identity, attributes) if attributes else span.identity,
@@ -581,10 +602,10 @@ class TracingService:
             elif not outbox.open or len(outbox.spans) + len(metrics) >= outbox.limit:
                 self.send_outbox(outbox)  # closed by the root meanwhile, or a long run
         else:  # not batched, or ending after its root
-            if span.sampled and self._collector is not None:
-                self._collector.send(record)
-            if latency_metric is not None and self._metrics is not None:
-                self._metrics.send((latency_metric, labels, (end_ns - start_ns) / 1e9))
+            if span.sampled and self._send_span is not None:
+                self._send_span(record)
+            if latency_metric is not None and self._send_metric is not None:
+                self._send_metric((latency_metric, labels, (end_ns - start_ns) / 1e9))
         return record
 
     def send_outbox(self, outbox: Outbox) -> None:

@@ -255,18 +255,36 @@ class _Str(str):
     __slots__ = ()
 
 
-@pytest.mark.parametrize("bad", [_Tenant.T1, _Str("t1")], ids=["StrEnum", "str-subclass"])
-def test_label_cache_does_not_let_a_bad_label_set_through_after_a_good_one(
-    obs: Observability, bad: str
+@pytest.mark.parametrize("sub", [_Tenant.T1, _Str("t1")], ids=["StrEnum", "str-subclass"])
+@pytest.mark.parametrize("first", ["subclass", "plain"])
+def test_str_subclass_labels_are_stored_as_plain_strings_whatever_came_first(
+    obs: Observability, sub: str, first: str
 ) -> None:
-    with pytest.raises(TypeError, match="tenant_id"):
-        obs.metrics.increment("request_count", tenant_id=bad)
+    calls = [sub, "t1"] if first == "subclass" else ["t1", sub]
+    for tenant in calls:
+        obs.metrics.increment("request_count", tenant_id=tenant)
+        obs.metrics.observe_latency("request_latency", 0.1, tenant_id=tenant)
+
+    assert _value(obs, "request_count", tenant_id="t1") == 2
+    series = obs.metrics.export_metrics()["request_count"]["series"]
+    assert [type(s["labels"]["tenant_id"]) for s in series] == [str]
+    latency = obs.metrics.export_metrics()["request_latency"]["series"]
+    assert [(s["labels"], s["count"]) for s in latency] == [({"tenant_id": "t1"}, 2)]
+
+
+def test_label_cache_does_not_let_a_bad_label_set_through_after_a_good_one(
+    obs: Observability,
+) -> None:
     obs.metrics.increment("request_count", tenant_id="t1")  # now cached as valid
 
-    with pytest.raises(TypeError, match="tenant_id"):  # still refused, the same way
-        obs.metrics.increment("request_count", tenant_id=bad)
     with pytest.raises(TypeError, match="tenant_id"):
-        obs.metrics.observe_latency("request_latency", 0.1, tenant_id=bad)
+        obs.metrics.increment("request_count", tenant_id=1)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no label 'node'"):
+        obs.metrics.increment("request_count", node="t1")
+    with pytest.raises(TypeError, match="amount"):
+        obs.metrics.increment("request_count", "1", tenant_id="t1")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="amount"):
+        obs.metrics.increment("request_count", -1, tenant_id="t1")
 
     assert _value(obs, "request_count", tenant_id="t1") == 1
 

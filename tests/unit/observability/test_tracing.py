@@ -770,3 +770,23 @@ def test_early_sends_from_many_threads_never_duplicate_or_lose_a_record(
     assert len({span.span_id for span in spans}) == len(spans)
     (series,) = obs.metrics.export_metrics()["node_execution_latency"]["series"]
     assert series["count"] == 8 * 250
+
+
+def test_a_span_cannot_be_constructed_directly() -> None:
+    with pytest.raises(TypeError, match="start_span"):
+        Span()
+
+
+def test_a_root_span_started_with_attributes_and_ids_records_them_all(
+    obs: Observability,
+) -> None:
+    span = obs.tracing.start_span_sync(
+        "job", kind="internal", tenant_id="t1", attributes={"attempt": 2}
+    )
+    assert obs.tracing.current_span() is span
+    record = obs.tracing.end_span_sync(span)
+
+    assert obs.tracing.current_span() is None
+    assert record.parent_span_id == 0
+    assert dict(record.attributes) == {"tenant_id": "t1", "attempt": 2}
+    assert span.attributes == {"attempt": 2}
