@@ -442,6 +442,16 @@ class Collector(ABC, Generic[StoreT]):
     def _apply(self, record: Any) -> None:
         """Apply one record to the store. Runs on the collector thread only."""
 
+    def _apply_all(self, records: tuple[Any, ...]) -> bool:
+        """Apply a batch's records at once if they are all well formed. Collector thread only.
+
+        An optional fast path: it must either apply every record and return
+        ``True``, or change nothing and return ``False``, and the loop then
+        applies them one by one (counting any that fail). The default
+        always declines.
+        """
+        return False
+
     def _on_idle(self) -> None:
         """Called after each drained batch (collector thread); override to publish."""
 
@@ -462,6 +472,7 @@ class Collector(ABC, Generic[StoreT]):
         queue.consumer_running = True
         batch_size = self._batch_size
         apply = self._apply
+        apply_all = self._apply_all
         linger: float | None = None  # idle: sleep until something arrives
         items: list[Any] = []  # the drained items being handled
         index = 0  # position in ``items`` of the item being handled
@@ -485,7 +496,11 @@ class Collector(ABC, Generic[StoreT]):
                         except Exception as exc:
                             self._handler_failed(item, exc)
                     elif kind is Batch:
-                        for record in item.records:
+                        records = item.records
+                        if apply_all(records):  # all applied at once, or none of them
+                            applied += len(records)
+                            continue
+                        for record in records:
                             try:
                                 apply(record)
                                 applied += 1

@@ -123,6 +123,31 @@ class TraceStoreCollector(Collector[TraceStore]):
         if self._workers:
             store.unexported.append(record)
 
+    def _apply_all(self, records: tuple[Any, ...]) -> bool:
+        """Store a batch of plain span tuples with flat attributes in a few C calls.
+
+        What a run's outbox sends. Anything else (a :class:`SpanRecord`, pairs
+        of attributes, a malformed record) declines, and each record then goes
+        through :meth:`_apply`.
+        """
+        for record in records:
+            if type(record) is not tuple or len(record) != _SPAN_FIELDS:
+                return False
+            attributes = record[10]
+            if attributes and type(attributes[0]) is tuple:
+                return False
+        store = self._store
+        spans = store.spans
+        n = len(records)
+        overflow = len(spans) + n - self._capacity
+        if overflow > 0:
+            store.evicted += overflow
+        spans.extend(records)
+        store.received += n
+        if self._workers:
+            store.unexported.extend(records)
+        return True
+
     def _egress(self, span: tuple[Any, ...]) -> SpanRecord:
         """A stored span as it may leave the store: redacted, as a :class:`SpanRecord`.
 

@@ -61,5 +61,6 @@ def test_opcode_profile_attributes_the_added_work_to_the_instrumentation() -> No
     added = profile["added_by_function"]
     # Every node's span is ended by TracingService.finish, on the executor threads too.
     assert added["app/observability/tracing.py:finish"] > 0
-    assert added["collectors/trace.py:_apply"] > 0
+    # ... and stored by the trace collector's thread (a run's spans arrive as one batch).
+    assert added["collectors/trace.py:_apply_all"] > 0
     assert sum(added.values()) == pytest.approx(profile["instrumented"] - profile["bare"])

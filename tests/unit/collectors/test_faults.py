@@ -290,3 +290,35 @@ def test_a_cancelled_query_future_does_not_kill_the_thread(made: list[Any]) -> N
     gate.release.set()
     assert collector.request_flush().result(JOIN)
     assert collector.stats().alive
+
+
+def _plain_span(span_id: int) -> tuple[Any, ...]:
+    return (1, span_id, 0, "s", "node", 0, 1, "ok", None, None, ("tenant_id", "t1"), (), False)
+
+
+def test_a_batch_of_spans_is_stored_at_once_and_evictions_are_counted_exactly(
+    made: list[Any],
+) -> None:
+    collector = _started(made, TraceStoreCollector(capacity=5))
+    collector.send(Batch(tuple(_plain_span(i) for i in range(1, 4))), 3)
+    collector.send(Batch(tuple(_plain_span(i) for i in range(4, 12))), 8)  # more than fits
+    assert collector.request_flush().result(JOIN)
+
+    assert collector.counts() == (11, 6)
+    assert [span.span_id for span in collector.spans()] == [7, 8, 9, 10, 11]
+    assert collector.spans()[0].attributes == (("tenant_id", "t1"),)
+    assert collector.stats().applied == 11
+
+
+def test_a_batch_with_a_malformed_span_keeps_the_good_ones_and_counts_the_bad(
+    made: list[Any],
+) -> None:
+    collector = _started(made, TraceStoreCollector(capacity=100))
+    pairs = SpanRecord(1, 3, 0, "s", "node", 0, 1, "ok", None, None, (("user", "u"),))
+    collector.send(Batch((_plain_span(1), (1, 2, 3), pairs, _plain_span(4))), 4)
+    assert collector.request_flush().result(JOIN)
+
+    stats = collector.stats()
+    assert (stats.applied, stats.handler_errors) == (3, 1)
+    assert [span.span_id for span in collector.spans()] == [1, 3, 4]
+    assert collector.spans()[1].attributes == (("user", "u"),)
