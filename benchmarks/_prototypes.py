@@ -9,24 +9,27 @@ rather than on a guess. Nothing in ``app/`` or ``collectors/`` uses them.
   increments in a per-thread dict (what a collector would swap out and merge).
 * :class:`PrototypeTracer`: a span that is its own context manager and is
   queued as-is when it ends (the collector would build the record).
-* :func:`one_wake_per_linger`: ``RecordQueue._wake`` that notifies a lingering
-  consumer once, not on every offer until it runs (applied only while a
-  benchmark variant runs, then restored).
+* :class:`FloorNode`: the least Python work one instrumented node needs
+  (context variable, ids, clocks, three records, then storing them), with no
+  facade, no argument checks and no collector thread: a floor for the
+  ``node`` benchmark, not a design.
+* :class:`ShellFacade`: the public calls' shapes with empty bodies: what the
+  calls alone cost (``with span(...)``, two metric calls with keyword labels).
 """
 
 from __future__ import annotations
 
+import math
 import random
 import threading
 import time
+from bisect import bisect_left
 from collections import deque
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any
 
-__all__ = ("AggregatingCounter", "PrototypeSpan", "PrototypeTracer", "one_wake_per_linger")
+__all__ = ("AggregatingCounter", "FloorNode", "PrototypeSpan", "PrototypeTracer", "ShellFacade")
 
 
 class AggregatingCounter:
@@ -113,26 +116,101 @@ class PrototypeTracer:
         return PrototypeSpan(self, name, kind)
 
 
-@contextmanager
-def one_wake_per_linger() -> Iterator[None]:
-    """Patch ``RecordQueue._wake`` to notify a waiting consumer once per wait, then restore.
+class FloorNode:
+    """One node's instrumentation reduced to the work no design can skip, in one thread.
 
-    After a notify the producer sets the queue's wake threshold to "never";
-    the consumer publishes a new threshold under the mutex before its next
-    wait, so no wake-up can be lost.
+    Per node: read the current span, two random ids (a root span), the wall and
+    monotonic clocks, set and reset the context variable, build the span
+    record (13 fields), a counter record and a histogram record, and append
+    the three to a deque. Every 256 nodes the same thread stores them: the span
+    into a ring buffer, the counter into a dict, the histogram observation into
+    its buckets and a log-scale sketch bin. No argument checks, no facade call,
+    no queue bound, no thread hand-off: what the GIL makes the real pipeline
+    pay in the caller's loop, minus everything a product adds.
     """
-    from collectors import _queue
 
-    original = _queue.RecordQueue._wake
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.current: ContextVar[int | None] = ContextVar("floor_span", default=None)
+        self.rng = random.Random()
+        self.records: deque[tuple[Any, ...]] = deque()
+        self.ring: deque[tuple[Any, ...]] = deque(maxlen=10_000)
+        self.counters: dict[tuple[str, tuple[tuple[str, str], ...]], int] = {}
+        self.bounds = bounds
+        self.buckets = [0] * (len(bounds) + 1)
+        self.bins: dict[int, int] = {}
+        self.labels: dict[str, tuple[tuple[str, str], ...]] = {}
+        self.inv_log_gamma = 1 / math.log(1.02)
 
-    def _wake(self: Any) -> None:
-        with self._sync_mutex:
-            if self._sync_not_empty_waiting:
-                self._wake_at = _queue._NEVER
-                self._sync_not_empty.notify()
+    def run(self, nodes: int, tenants: tuple[str, ...], work: Any) -> int:
+        """Run ``nodes`` instrumented nodes; returns how many spans were stored."""
+        current, getrandbits, append = self.current, self.rng.getrandbits, self.records.append
+        labels = self.labels
+        clock, wall = time.perf_counter_ns, time.time_ns
+        node_labels = (("node", "risk_scoring"),)
+        for i in range(nodes):
+            t0 = clock()
+            tenant = tenants[i & 7]
+            parent = current.get()
+            trace_id, span_id = getrandbits(128), getrandbits(64)
+            start_ns, start = wall(), clock()
+            token = current.set(span_id)
+            work()
+            end = clock()
+            current.reset(token)
+            append((trace_id, span_id, parent or 0, "risk_scoring", "node", start_ns,
+                    start_ns + end - start, "ok", None, None, (), (), False))
+            tenant_labels = labels.get(tenant)
+            if tenant_labels is None:
+                tenant_labels = labels[tenant] = (("tenant_id", tenant),)
+            append(("request_count", tenant_labels, 1))
+            append(("node_execution_latency", node_labels, (clock() - t0) / 1e9))
+            if i & 255 == 255:
+                self._store()
+        self._store()
+        return len(self.ring)
 
-    _queue.RecordQueue._wake = _wake  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        _queue.RecordQueue._wake = original  # type: ignore[method-assign]
+    def _store(self) -> None:
+        records, ring, counters = self.records, self.ring, self.counters
+        buckets, bins, bounds, k = self.buckets, self.bins, self.bounds, self.inv_log_gamma
+        while records:
+            record = records.popleft()
+            if len(record) == 13:
+                ring.append(record)
+            elif record[0] == "request_count":
+                key = (record[0], record[1])
+                counters[key] = counters.get(key, 0) + record[2]
+            else:
+                value = record[2]
+                buckets[bisect_left(bounds, value)] += 1
+                index = math.ceil(math.log(value) * k) if value > 0 else 0
+                bins[index] = bins.get(index, 0) + 1
+
+
+class _ShellSpan:
+    __slots__ = ()
+
+    def __enter__(self) -> _ShellSpan:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        return None
+
+
+_SHELL_SPAN = _ShellSpan()
+
+
+class ShellFacade:
+    """``span``, ``increment`` and ``observe_latency`` with our signatures and empty bodies."""
+
+    def span(self, name: str, *, kind: str = "internal") -> _ShellSpan:
+        """A context manager that does nothing."""
+        return _SHELL_SPAN
+
+    def increment(self, metric: str, amount: int | float = 1, /, **labels: str) -> None:
+        """Nothing."""
+
+    def observe_latency(self, metric: str, seconds: float, /, **labels: str) -> None:
+        """Nothing."""

@@ -43,7 +43,7 @@ from benchmarks._harness import (
     fmt_us,
     thread_cpu_ns,
 )
-from benchmarks._prototypes import AggregatingCounter, PrototypeTracer, one_wake_per_linger
+from benchmarks._prototypes import AggregatingCounter, FloorNode, PrototypeTracer, ShellFacade
 
 NAME = "node"
 TITLE = "One node's instrumentation"
@@ -95,7 +95,9 @@ def run(quick: bool) -> BenchResult:
                 Variant("proto_increment", _component_round(
                     obs, part_nodes, "increment", increment_fn=counter.increment)),
                 Variant("ours_node", _ours_round(obs, part_nodes)),
-                Variant("ours_node_wake_patch", _patched(_ours_round(obs, part_nodes))),
+                Variant("shell", _shell_round(ShellFacade(), part_nodes)),
+                Variant("floor", _floor_round(
+                    FloorNode(obs.metrics.catalog["node_execution_latency"].buckets), part_nodes)),
                 Variant("bare", _bare_round(part_nodes)),
             ],
             rounds=max(3, rounds - 2),
@@ -244,14 +246,38 @@ def _component_round(
     return round_
 
 
-def _patched(round_: Callable[[], Mapping[str, float]]) -> Callable[[], Mapping[str, float]]:
-    """Run ``round_`` with the one-wake-per-linger ``RecordQueue._wake`` prototype."""
+def _shell_round(shell: ShellFacade, nodes: int) -> Callable[[], Mapping[str, float]]:
+    """Our node loop against :class:`ShellFacade`: the calls' shapes, empty bodies."""
 
-    def patched_round() -> Mapping[str, float]:
-        with one_wake_per_linger():
-            return round_()
+    def round_() -> Mapping[str, float]:
+        span, increment, observe = shell.span, shell.increment, shell.observe_latency
+        clock = time.perf_counter_ns
+        started = clock()
+        for i in range(nodes):
+            t0 = clock()
+            tenant = TENANTS[i & 7]
+            with span(NODE, kind="node"):
+                work()
+            increment("request_count", tenant_id=tenant)
+            observe("node_execution_latency", (clock() - t0) / 1e9, node=NODE)
+        ended = clock()
+        return {"ns": (ended - started) / nodes}
 
-    return patched_round
+    return round_
+
+
+def _floor_round(floor: FloorNode, nodes: int) -> Callable[[], Mapping[str, float]]:
+    """The floor prototype's nodes (``_prototypes.FloorNode``), timed like ours."""
+
+    def round_() -> Mapping[str, float]:
+        clock = time.perf_counter_ns
+        started = clock()
+        stored = floor.run(nodes, TENANTS, work)
+        ended = clock()
+        assert stored > 0
+        return {"ns": (ended - started) / nodes}
+
+    return round_
 
 
 def _paused_round(
@@ -375,9 +401,10 @@ def _result(
                       fmt_stats(drain, fmt_us), "-"))
     part_rows.append(("whole node, collectors running (as in the table above)",
                       fmt_stats(parts.net("ours_node"), fmt_us), parts.gc_summary("ours_node")))
-    part_rows.append(("*prototype*: whole node with one wake-up per linger (`RecordQueue._wake`)",
-                      fmt_stats(parts.net("ours_node_wake_patch"), fmt_us),
-                      parts.gc_summary("ours_node_wake_patch")))
+    part_rows.append(("*shell*: the same three calls with empty bodies",
+                      fmt_stats(parts.net("shell"), fmt_us), parts.gc_summary("shell")))
+    part_rows.append(("*floor*: the least Python work of a node, no facade, no checks, one thread",
+                      fmt_stats(parts.net("floor"), fmt_us), parts.gc_summary("floor")))
     part_rows.append(("*prototype*: span as its own context manager, queued as-is",
                       fmt_stats(parts.net("proto_span"), fmt_us), parts.gc_summary("proto_span")))
     part_rows.append(("*prototype*: `increment` aggregated in a per-thread dict",
@@ -393,8 +420,9 @@ def _result(
             " part alone, collectors running. The paused rows build the container with"
             " `start=False`: the calling thread pays only for building and queueing records;"
             " starting and flushing it then measures the collector threads' share. The"
-            " *prototype* rows measure proposed designs (`benchmarks/_prototypes.py`, not"
-            " product code): see the analysis below."
+            " *prototype* rows measure proposed designs, the *shell* row the public calls"
+            " with empty bodies and the *floor* row the least work any design must do"
+            " (`benchmarks/_prototypes.py`, not product code): see the analysis below."
         ),
     )
     profile_table = Table(
@@ -436,27 +464,13 @@ def _analysis(ours_ns: float, anchor_ns: float, parts: Runs) -> str:
 
     budget = anchor_ns / TARGET_RATIO / 1e3
     drain = parts.stats("paused", "drain_ns").median / 1e3
+    floor = part("floor")
     caller = part("proto_span") + 2 * part("proto_increment")
-    patched, unpatched = part("ours_node_wake_patch"), part("ours_node")
-    if patched < 0.95 * unpatched:
-        wake_verdict = (
-            f"the whole node measured {fmt_float(patched)} µs with it against"
-            f" {fmt_float(unpatched)} µs without, in this run."
-        )
-    else:
-        wake_verdict = (
-            f"in this run the whole node measured {fmt_float(patched)} µs with it and"
-            f" {fmt_float(unpatched)} µs without, i.e. no measurable gain: a clean-up of"
-            " wasted work (and of lock traffic under many producers), not a speed fix here."
-        )
-    outlook = (
-        f"With (1) and (2) the caller's share of a node would be about the prototype span plus"
-        f" two aggregated metric calls, {fmt_float(caller)} µs in this run, before the"
-        f" collector builds one span record; the budget is {fmt_float(budget)} µs. "
-        + ("That leaves room for the collector's share: (1) and (2) together should reach"
-           " the target." if caller < 0.7 * budget else
-           "That is already close to the budget, so (1) and (2) are necessary but may not be"
-           " sufficient; (3) and (4) help every path but cannot reach 10x alone.")
+    floor_verdict = (
+        "so even a node with nothing but that work would miss the target in pure Python"
+        if floor > budget else
+        f"so the target leaves {fmt_float(budget - floor)} µs per node for everything a"
+        " product adds to that floor"
     )
     return f"""\
 **Why the target is missed, and what would fix it.** The 10x target leaves
@@ -468,39 +482,43 @@ collector threads then need {fmt_float(drain)} µs per node to apply its three r
 counter, a histogram observation with its quantile sketch, a span tuple into the ring buffer;
 spans are redacted only where they leave the store). On this 2-core machine the collectors'
 Python work holds the GIL, so it is paid inside the caller's loop: the *CPU* column shows
-both shares. The calling thread's share is the larger one: a span is `start_span_sync`
-(validation, ids from the PRNG, a `Span` with 19 slots, context-variable set) and, when the
-`with` block ends, `TracingService.finish` (status logic, context reset, a 13-field plain
-tuple, a queue offer); each metric call builds a label tuple, swaps it for the validated
-instance and offers a `(metric, labels, value)` tuple. The workflow's deterministic opcode
-profile (see `workflow`) puts a node's span start and end at ~100 and ~150 Python opcodes:
-no single step dominates. Already done: records are plain, shallow tuples that the garbage
-collector untracks (they no longer reach the oldest generation), histogram series update
-their buckets and quantile sketch in one call, and counters are applied inline.
+both shares.
 
-Design changes still open, in order of payoff (2 and 3 are partly or wholly in the product
-code now):
+**The floor.** The *floor* row is the least Python work such a node needs, whatever the
+design (`benchmarks/_prototypes.py:FloorNode`): read the current span, two random ids, two
+clocks, set and reset a context variable, build the three records, and store them (ring
+buffer, counter dict, histogram bucket and sketch bin), all in one thread, with no facade
+call, no argument check and no queue bound. It measured {fmt_float(floor)} µs per node in this
+run, {fmt_float(floor / budget * 100)} % of the budget, {floor_verdict}. Ours costs
+{fmt_float(ours_ns / 1e3 / floor)}x the floor. The difference is what the product does on
+top: the facades' argument checks (a metric call is one cache lookup of the validated
+`(metric, labels)`, a value check and a queue offer; a span checks its name, kind, parent and
+ids and sets the 19 slots of a `Span`), the span's status, sampling and outbox logic, the
+bounded queue with its overflow accounting and consumer wake-ups, three Python frames per
+metric call and six per span (the *shell* row: the calls' shapes alone, with
+empty bodies, cost {fmt_float(part("shell"))} µs per node), and the hand-off between
+threads. Already done: records are plain,
+shallow tuples that the garbage collector untracks, spans are built without `__init__`,
+histogram series update their buckets and quantile sketch in one call, counters are applied
+inline, plain records are dispatched first in the collector loop, and a run's spans are
+stored as one batch.
+
+Design changes still open, in order of payoff:
 
 1. **Aggregate counters and histograms on the producer side** instead of shipping one
-   `MetricRecord` per call: a per-thread accumulator `dict[(metric, labels)] -> value` (and a
-   bucket-count array per histogram series) that the metrics collector swaps out and merges on
-   each drain, flush and snapshot (ownership passes with the swap, like the run outbox). The
-   prototype (`increment` into a thread-local dict) measured {fmt_float(part("proto_increment"))} µs
-   in this run against {fmt_float(part("increment"))} µs for today's call, and the collector
-   merges once per series per drain instead of applying once per call.
-2. **A cheaper span**: `Span` is now its own context manager (`TracingService.span` is
-   `start_span_sync`; the scope object and its `**kwargs` re-dispatch are gone). Still open:
-   keep only what the record needs, and send the ended `Span` object itself (its slots are
-   no longer written after `end`) so the collector builds the `SpanRecord`.
-   The prototype (ids, clocks, context variable, queue append) measured
-   {fmt_float(part("proto_span"))} µs for start+end in this run against
-   {fmt_float(part("span"))} µs today (the collector would then build the record).
-3. **One wake-up per linger, not one per offer** (in the product code): `RecordQueue._wake`
-   sets `self._wake_at = _NEVER` after notifying (the consumer republishes its threshold under
-   the mutex before its next wait, so no wake-up is lost); the "wake patch" variant above now
-   applies the same change twice and is kept only as a control. {wake_verdict}
-4. **Batch per producer**: extend the run outbox (`batch=True` roots) to the metrics facade
-   (append to the current outbox when there is one, as `log_generation_sync` does), which
-   divides queue offers and wake-ups by the run's record count.
+   record per call: a per-thread accumulator that the metrics collector merges on each drain,
+   flush and snapshot. The prototype (`increment` into a thread-local dict) measured
+   {fmt_float(part("proto_increment"))} µs in this run against {fmt_float(part("increment"))} µs
+   for today's call. It needs a hand-off of each thread's accumulator that is exact under
+   flush without a lock, and it departs from the design card (records on queues, stores
+   owned by the collector threads).
+2. **Send the ended span itself** and let the collector build the record. The prototype
+   (ids, clocks, context variable, queue append) measured {fmt_float(part("proto_span"))} µs
+   for start and end against {fmt_float(part("span"))} µs today, but under the GIL the record
+   is then built on the collector thread at about the same cost.
+3. **A compiled core** (a C extension, or mypyc on the typed hot-path modules) for span start
+   and end and the metric calls: the only way below the floor above.
 
-{outlook}"""
+With (1) and (2) the caller's share of a node would be about the prototype span plus two
+aggregated metric calls, {fmt_float(caller)} µs in this run, before the collectors' share;
+the budget is {fmt_float(budget)} µs."""
