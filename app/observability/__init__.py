@@ -130,7 +130,11 @@ class Observability:
         if settings.otlp_endpoint is not None:
             from app.observability.otlp import OtlpHttpSender
 
-            sender = OtlpHttpSender(settings.otlp_endpoint, timeout=settings.otlp_timeout_seconds)
+            sender = OtlpHttpSender(
+                settings.otlp_endpoint, timeout=settings.otlp_timeout_seconds,
+                headers={key: value.get_secret_value()
+                         for key, value in settings.otlp_headers.items()},
+            )
             span_exporters.append(CallableExporter(
                 functools.partial(sender.send, service_name=settings.service_name,
                                   service_version=settings.service_version),

@@ -7,7 +7,7 @@ from decimal import Decimal
 from types import MappingProxyType
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from collectors.snapshots import DEFAULT_LATENCY_BUCKETS
 
@@ -104,6 +104,9 @@ class ObservabilitySettings(BaseModel):
     #: OTLP/HTTP traces URL (``http://127.0.0.1:4318/v1/traces``); ``None``: no export.
     otlp_endpoint: str | None = None
     otlp_timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
+    #: Extra OTLP/HTTP request headers, e.g. ``{"Authorization": "Basic ..."}`` for
+    #: Langfuse's OTLP endpoint. Secret: masked in ``repr`` and dumps, never logged.
+    otlp_headers: dict[str, SecretStr] = Field(default_factory=dict)
     #: An export call running longer than this is counted as timed out.
     export_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     #: Span batches each exporter may have waiting; more are dropped and counted.

@@ -441,6 +441,7 @@ class Receiver:
     def __init__(self, status: int = 200) -> None:
         self.bodies: list[dict[str, Any]] = []
         self.paths: list[str] = []
+        self.authorization: list[str | None] = []
         self.status = status
         receiver = self
 
@@ -449,6 +450,7 @@ class Receiver:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 receiver.paths.append(self.path)
+                receiver.authorization.append(self.headers.get("Authorization"))
                 receiver.bodies.append(json.loads(body))
                 reply = b"{}"
                 self.send_response(receiver.status)
@@ -508,6 +510,30 @@ def test_otlp_export_to_a_loopback_receiver(make_obs: Any, receiver: Receiver) -
     resource = {a["key"]: a["value"]["stringValue"]
                 for a in receiver.bodies[0]["resourceSpans"][0]["resource"]["attributes"]}
     assert resource["service.name"] == "ai-risk-engine"
+
+
+def test_otlp_headers_from_settings_reach_the_receiver_and_stay_secret(
+    make_obs: Any, receiver: Receiver
+) -> None:
+    obs: Observability = make_obs(
+        otlp_endpoint=receiver.url, otlp_headers={"Authorization": "Basic c2VjcmV0"}
+    )
+    with obs.tracing.span("s"):
+        pass
+    assert obs.flush(JOIN)
+    assert obs.pipeline.collectors["trace"].flush_exporters(JOIN)
+
+    assert receiver.authorization == ["Basic c2VjcmV0"]
+    assert "c2VjcmV0" not in repr(obs.settings)
+    assert "c2VjcmV0" not in obs.settings.model_dump_json()
+
+
+def test_an_otlp_header_with_a_line_break_is_refused_when_the_container_is_built() -> None:
+    settings = ObservabilitySettings(
+        otlp_endpoint="http://127.0.0.1:9/v1/traces", otlp_headers={"X-Bad": "a\r\nb"}
+    )
+    with pytest.raises(ValueError, match="line break"):
+        Observability(settings, start=False)
 
 
 def test_otlp_receiver_errors_are_counted_as_failed(make_obs: Any, receiver: Receiver) -> None:
