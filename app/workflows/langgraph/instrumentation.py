@@ -36,13 +36,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import inspect
+import threading
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from langgraph.errors import GraphBubbleUp
 
 from app.observability import FailureCategory, Observability
-from app.observability.tracing import Span
+from app.observability.tracing import Span, SpanContext
 from app.workflows.langgraph.config import WorkflowConfig
 from app.workflows.langgraph.graph import GRAPH_NAME, RiskGraph, build_risk_graph
 from app.workflows.langgraph.llm import SimulatedLLM
@@ -60,6 +61,9 @@ _NODE_LATENCY = "node_execution_latency"
 #: once is untracked by the GC at its first collection, so the records that
 #: share it are too (see collectors.records).
 _LABEL_CACHE_SIZE = 4_096
+
+#: Paused runs whose trace a resume continues (the oldest forgotten past this).
+_PAUSED_TRACES = 10_000
 
 #: Attribute set on an exception once it has been classified and counted, so
 #: the workflow level does not count a node's failure a second time.
@@ -86,6 +90,10 @@ class WorkflowInstrumentation:
         self._node_labels: dict[tuple[str, str, str | None], Labels] = {}
         #: (tenant, status) -> the run metrics' label pairs (bounded).
         self._run_labels: dict[tuple[str, str], tuple[Labels, Labels]] = {}
+        #: (tenant, request id) -> the root span of a run paused for approval, so
+        #: that its resume continues the same trace (bounded, oldest out first).
+        self._paused: dict[tuple[str, str], SpanContext] = {}
+        self._paused_lock = threading.Lock()
 
     def _run_label_sets(self, tenant: str, status: str) -> tuple[Labels, Labels]:
         labels = ((("tenant_id", tenant),),
@@ -228,6 +236,9 @@ class WorkflowInstrumentation:
             resumed: The run resumes a paused request: the request and a
                 HIGH_RISK routing were already counted when it paused (the
                 approval is counted once, when the escalation node completes).
+                Without ``parent_headers``, its root span is a child of the
+                paused run's root when this process saw the pause, so the
+                request stays one trace.
 
         Returns:
             The final state.
@@ -237,11 +248,18 @@ class WorkflowInstrumentation:
                 classified and counted.
         """
         parent = self._tracing.extract(parent_headers) if parent_headers else None
+        if resumed:
+            with self._paused_lock:
+                paused = self._paused.pop((request.tenant_id, request.request_id), None)
+            if parent is None:
+                parent = paused
         root = self._tracing.start_span_sync(
             self._workflow, kind="workflow", parent=parent, root=parent is None,
             tenant_id=request.tenant_id, correlation_id=request.correlation_id,
             request_id=request.request_id, batch=True,
         )
+        if resumed:
+            root.attribute_map()["resumed"] = True
         state: RiskState | None = None
         error: BaseException | None = None
         try:
@@ -262,6 +280,7 @@ class WorkflowInstrumentation:
         if error is not None:
             if isinstance(error, GraphBubbleUp):
                 status = "interrupted"
+                self._remember_paused(tenant, request.request_id, root.context)
             else:
                 status = "error"
                 if isinstance(error, Exception) and not hasattr(error, _CLASSIFIED):
@@ -276,6 +295,7 @@ class WorkflowInstrumentation:
         elif state is not None:
             if state.status == "awaiting_approval":
                 status = "interrupted"
+                self._remember_paused(tenant, request.request_id, root.context)
             if state.decision is not None:
                 root.attribute_map()["decision"] = state.decision
             root.attribute_map()["approval_required"] = state.approval_required
@@ -303,6 +323,16 @@ class WorkflowInstrumentation:
             root, "ok" if status == "interrupted" else None,
             error if status == "error" else None, "request_latency", run,
         )
+
+
+    def _remember_paused(self, tenant: str, request_id: str, context: SpanContext) -> None:
+        """Keep a paused run's root context for its resume (bounded, oldest out first)."""
+        with self._paused_lock:
+            paused = self._paused
+            paused.pop((tenant, request_id), None)  # re-inserted last: the newest
+            if len(paused) >= _PAUSED_TRACES:
+                del paused[next(iter(paused))]
+            paused[(tenant, request_id)] = context
 
 
 def _mark_classified(exc: BaseException, category: FailureCategory) -> None:
@@ -348,14 +378,25 @@ class InstrumentedRiskWorkflow:
             return await invoke()
         return await self.instrumentation.run(request, invoke, parent_headers=parent_headers)
 
-    async def resume(self, request: RiskRequest, answer: Any) -> RiskState:
-        """Resume a run paused for approval (interrupt mode) with the human's answer."""
+    async def resume(
+        self, request: RiskRequest, answer: Any, *,
+        parent_headers: Mapping[str, str] | None = None,
+    ) -> RiskState:
+        """Resume a run paused for approval (interrupt mode) with the human's answer.
+
+        The resumed run continues the paused run's trace (its root span is a
+        child of the paused root) when this process ran the pause; pass the
+        ``traceparent`` in ``parent_headers`` to link it otherwise (for
+        example after a restart with a durable checkpointer).
+        """
         invoke = functools.partial(
             resume_risk_workflow, self.graph, request, answer, config=self.config
         )
         if self.instrumentation is None:
             return await invoke()
-        return await self.instrumentation.run(request, invoke, resumed=True)
+        return await self.instrumentation.run(
+            request, invoke, parent_headers=parent_headers, resumed=True
+        )
 
 
 def build_instrumented_workflow(

@@ -373,3 +373,68 @@ async def test_a_failing_generation_log_still_ends_the_node_span(
     assert "risk_scoring" in {s.name for s in obs.tracing.finished_spans()}
     assert "risk_scoring" in {labels["node"] for labels, _ in
                               series(obs, "node_execution_latency")}
+
+
+@pytest.mark.asyncio
+async def test_a_resumed_run_continues_the_paused_runs_trace(obs: Observability) -> None:
+    wf = InstrumentedRiskWorkflow(obs, config=WorkflowConfig(interrupt_for_approval=True))
+    request = make_request(REVIEW, "req-trace")
+    await wf.run(request)
+    await wf.resume(request, {"decision": "approve", "reviewer": "alice"})
+    assert await obs.aflush()
+
+    roots = [s for s in obs.tracing.finished_spans() if s.kind == "workflow"]
+    assert len(roots) == 2
+    paused, resumed = roots
+    assert resumed.trace_id == paused.trace_id
+    assert resumed.parent_span_id == paused.span_id
+    assert dict(resumed.attributes)["resumed"] is True
+    assert "resumed" not in dict(paused.attributes)
+    trace = obs.tracing.finished_spans(trace_id=paused.trace_id)
+    assert {s.name for s in trace} >= {"escalate_for_approval", "finalize", "risk_scoring"}
+
+
+@pytest.mark.asyncio
+async def test_a_resume_follows_a_given_traceparent_and_forgets_the_pause(
+    obs: Observability,
+) -> None:
+    wf = InstrumentedRiskWorkflow(obs, config=WorkflowConfig(interrupt_for_approval=True))
+    request = make_request(REVIEW, "req-tp")
+    await wf.run(request)
+    caller = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    await wf.resume(request, {"decision": "approve", "reviewer": "alice"},
+                    parent_headers={"traceparent": caller})
+    assert await obs.aflush()
+
+    paused, resumed = [s for s in obs.tracing.finished_spans() if s.kind == "workflow"]
+    assert f"{resumed.trace_id:032x}" == "0af7651916cd43dd8448eb211c80319c"
+    assert f"{resumed.parent_span_id:016x}" == "b7ad6b7169203331"
+    assert resumed.trace_id != paused.trace_id
+    assert wf.instrumentation is not None
+    assert wf.instrumentation._paused == {}  # the pause is not kept for a second resume
+
+
+@pytest.mark.asyncio
+async def test_paused_traces_kept_for_resume_are_bounded_oldest_out_first(
+    obs: Observability, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import app.workflows.langgraph.instrumentation as instrumentation
+
+    monkeypatch.setattr(instrumentation, "_PAUSED_TRACES", 2)
+    wf = InstrumentedRiskWorkflow(obs, config=WorkflowConfig(interrupt_for_approval=True))
+    requests = [make_request(REVIEW, f"req-bound-{i}") for i in range(3)]
+    for request in requests:
+        await wf.run(request)
+    for request in (requests[0], requests[2]):
+        await wf.resume(request, {"decision": "approve", "reviewer": "alice"})
+    assert await obs.aflush()
+
+    by_request: dict[str, list[SpanRecord]] = {}
+    for span in obs.tracing.finished_spans():
+        if span.kind == "workflow":
+            by_request.setdefault(str(dict(span.attributes)["request_id"]), []).append(span)
+    first_paused, first_resumed = by_request["req-bound-0"]
+    last_paused, last_resumed = by_request["req-bound-2"]
+    assert first_resumed.trace_id != first_paused.trace_id  # forgotten: a new trace
+    assert first_resumed.parent_span_id == 0
+    assert last_resumed.trace_id == last_paused.trace_id
