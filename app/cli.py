@@ -437,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         outcome = asyncio.run(_run_batch(workflow, requests, args.concurrency, progress))
         elapsed = time.perf_counter() - started
-        flushed = obs.flush(timeout=30)
+        flushed = obs.flush(timeout=30, exporters=True)
         if not flushed:
             sys.stderr.write(f"warning: flush incomplete: {flushed}\n")
         _report(obs, args, outcome, elapsed, sys.stdout)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import time
 from collections.abc import Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -213,19 +214,51 @@ class Observability:
         """The running ``/metrics`` server, if enabled."""
         return self._server
 
-    def flush(self, timeout: float | None = None) -> FlushResult:
+    def flush(self, timeout: float | None = None, *, exporters: bool = False) -> FlushResult:
         """Wait until every record enqueued before the call is applied (bounded).
+
+        Args:
+            timeout: Deadline in seconds (default ``flush_timeout_seconds``).
+            exporters: Also wait, within the same deadline, until the span
+                exporters have handled every span stored by then (what
+                :meth:`flush_exporters` does); a flush that completes only
+                for the stores is then reported incomplete.
 
         Returns:
             A :class:`FlushResult`, truthy only when complete.
         """
-        return self.pipeline.flush(
-            self.settings.flush_timeout_seconds if timeout is None else timeout
-        )
+        limit = self.settings.flush_timeout_seconds if timeout is None else timeout
+        started = time.perf_counter()
+        result = self.pipeline.flush(limit)
+        if not exporters or not result:
+            return result
+        exported = self.flush_exporters(max(limit - (time.perf_counter() - started), 0.0))
+        return _exported(result, exported, started)
 
-    async def aflush(self, timeout: float | None = None) -> FlushResult:
+    async def aflush(
+        self, timeout: float | None = None, *, exporters: bool = False
+    ) -> FlushResult:
         """Async :meth:`flush`; works on any event loop."""
-        return await self.pipeline.aflush(
+        limit = self.settings.flush_timeout_seconds if timeout is None else timeout
+        started = time.perf_counter()
+        result = await self.pipeline.aflush(limit)
+        if not exporters or not result:
+            return result
+        exported = await asyncio.to_thread(
+            self.flush_exporters, max(limit - (time.perf_counter() - started), 0.0)
+        )
+        return _exported(result, exported, started)
+
+    def flush_exporters(self, timeout: float | None = None) -> bool:
+        """Hand every span stored before the call to the span exporters and wait for them.
+
+        Returns:
+            ``True`` if every exporter handled them (exported, or failed and
+            counted) in time; always ``True`` with no exporter configured.
+        """
+        trace = self.pipeline.collectors["trace"]
+        assert isinstance(trace, TraceStoreCollector)
+        return trace.flush_exporters(
             self.settings.flush_timeout_seconds if timeout is None else timeout
         )
 
@@ -279,3 +312,11 @@ class Observability:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _exported(result: FlushResult, exported: bool, started: float) -> FlushResult:
+    """A complete store flush, followed by an exporter flush that did or did not finish."""
+    return dataclasses.replace(
+        result, complete=exported, timed_out=not exported,
+        elapsed=time.perf_counter() - started,
+    )

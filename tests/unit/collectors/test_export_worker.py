@@ -587,3 +587,51 @@ def test_exporter_outcomes_are_exported_as_a_metric(obs_with: Any) -> None:
     assert series[(("exporter", "kept"), ("outcome", "exported"))] == 2
     assert series[(("exporter", "kept"), ("outcome", "failed"))] == 0
     assert "observability_spans_exported_total" in obs.metrics.render_prometheus()
+
+
+def test_flush_with_exporters_waits_for_the_exporters_too(obs_with: Any) -> None:
+    keeper = Keeper("kept")
+    obs: Observability = obs_with([keeper], id_seed=1)
+    for name in ("one", "two"):
+        with obs.tracing.span(name):
+            pass
+
+    result = obs.flush(JOIN, exporters=True)
+
+    assert result and not result.timed_out
+    assert [s.name for b in keeper.batches for s in b] == ["one", "two"]
+
+
+@pytest.mark.asyncio
+async def test_aflush_with_exporters_waits_for_the_exporters_too(obs_with: Any) -> None:
+    keeper = Keeper("kept")
+    obs: Observability = obs_with([keeper], id_seed=1)
+    with obs.tracing.span("one"):
+        pass
+
+    assert await obs.aflush(JOIN, exporters=True)
+    assert [s.name for b in keeper.batches for s in b] == ["one"]
+
+
+def test_flush_with_exporters_reports_a_stuck_exporter_as_incomplete(obs_with: Any) -> None:
+    blocking = Blocking()
+    obs: Observability = obs_with([blocking])
+    with obs.tracing.span("one"):
+        pass
+    try:
+        stores_only = obs.flush(JOIN)
+        with_exporters = obs.flush(0.2, exporters=True)
+    finally:
+        blocking.release()
+
+    assert stores_only and blocking.entered.is_set()
+    assert not with_exporters
+    assert with_exporters.timed_out and with_exporters.dropped == 0
+    assert obs.flush(JOIN, exporters=True)  # released: everything handled
+
+
+def test_flush_with_exporters_and_no_exporter_is_a_plain_flush(obs: Observability) -> None:
+    with obs.tracing.span("one"):
+        pass
+    assert obs.flush(JOIN, exporters=True)
+    assert obs.flush_exporters(JOIN)
