@@ -119,19 +119,10 @@ def _ours_round(obs: object, nodes: int) -> Callable[[], Mapping[str, float]]:
     assert isinstance(obs, Observability)
 
     def round_() -> Mapping[str, float]:
-        span = obs.tracing.span
-        increment = obs.metrics.increment
-        observe = obs.metrics.observe_latency
         clock = time.perf_counter_ns
         cpu = thread_cpu_ns()
         started = clock()
-        for i in range(nodes):
-            t0 = clock()
-            tenant = TENANTS[i & 7]
-            with span(NODE, kind="node"):
-                work()
-            increment("request_count", tenant_id=tenant)
-            observe("node_execution_latency", (clock() - t0) / 1e9, node=NODE)
+        _node_loop(obs.tracing.span, obs.metrics.increment, obs.metrics.observe_latency, nodes)
         ended = clock()
         flushed = obs.flush()
         drained = clock()
@@ -143,6 +134,18 @@ def _ours_round(obs: object, nodes: int) -> Callable[[], Mapping[str, float]]:
         }
 
     return round_
+
+
+def _node_loop(span: Any, increment: Any, observe: Any, nodes: int) -> None:
+    """``nodes`` nodes instrumented through ``span``, ``increment`` and ``observe``."""
+    clock = time.perf_counter_ns
+    for i in range(nodes):
+        t0 = clock()
+        tenant = TENANTS[i & 7]
+        with span(NODE, kind="node"):
+            work()
+        increment("request_count", tenant_id=tenant)
+        observe("node_execution_latency", (clock() - t0) / 1e9, node=NODE)
 
 
 def _anchor_round(
@@ -250,16 +253,9 @@ def _shell_round(shell: ShellFacade, nodes: int) -> Callable[[], Mapping[str, fl
     """Our node loop against :class:`ShellFacade`: the calls' shapes, empty bodies."""
 
     def round_() -> Mapping[str, float]:
-        span, increment, observe = shell.span, shell.increment, shell.observe_latency
         clock = time.perf_counter_ns
         started = clock()
-        for i in range(nodes):
-            t0 = clock()
-            tenant = TENANTS[i & 7]
-            with span(NODE, kind="node"):
-                work()
-            increment("request_count", tenant_id=tenant)
-            observe("node_execution_latency", (clock() - t0) / 1e9, node=NODE)
+        _node_loop(shell.span, shell.increment, shell.observe_latency, nodes)
         ended = clock()
         return {"ns": (ended - started) / nodes}
 
