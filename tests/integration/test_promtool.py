@@ -28,7 +28,7 @@ DASHBOARD = REPO / "ops" / "grafana" / "risk-engine-dashboard.json"
 
 EXPECTED_ALERTS = {
     "CostSpike", "TenantBudgetExceeded", "HighErrorRate",
-    "NodeLatencyP95High", "RecordsDropped", "CollectorDown",
+    "NodeLatencyP95High", "RecordsDropped", "CollectorDown", "SpanExportFailing",
 }
 REQUIRED_IN_EACH_ALERT = (
     r"^ +for: \d+[smhd]$",
