@@ -90,16 +90,52 @@ def count(instrument: bool, requests: int) -> Counter[str]:
     return counts
 
 
+def floor_per_node(nodes: int = 2_048) -> float:
+    """Opcodes of :class:`~benchmarks._prototypes.FloorNode` per node, its trivial work excluded.
+
+    The least Python work of one instrumented node (a span, a counter and a
+    latency observation, built and stored in one thread with no checks): a
+    floor for what any pure-Python design adds per node.
+    """
+    from benchmarks._prototypes import FloorNode
+    from benchmarks.bench_node import TENANTS, work
+
+    floor = FloorNode((0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0))
+    floor.run(256, TENANTS, work)  # warm: label cache, sketch bins
+    counts: Counter[str] = Counter()
+
+    def tracer(frame: FrameType, event: str, arg: Any) -> Any:
+        frame.f_trace_opcodes = True
+        name = frame.f_code.co_name
+
+        def local(frame: FrameType, event: str, arg: Any) -> Any:
+            if event == "opcode":
+                counts[name] += 1
+            return local
+
+        return local
+
+    sys.settrace(tracer)
+    try:
+        floor.run(nodes, TENANTS, work)
+    finally:
+        sys.settrace(None)
+    counts.pop("work", None)
+    return sum(counts.values()) / nodes
+
+
 def profile(requests: int) -> dict[str, Any]:
-    """Both variants' opcodes per request, and the added opcodes per function."""
+    """Both variants' opcodes per request, the added opcodes per function, and a floor."""
     gc.disable()
     try:
         bare, instrumented = count(False, requests), count(True, requests)
+        floor = floor_per_node()
     finally:
         gc.enable()
     return {
         "bare": sum(bare.values()) / requests,
         "instrumented": sum(instrumented.values()) / requests,
+        "floor_per_node": floor,
         "added_by_function": {
             key: (instrumented[key] - bare[key]) / requests
             for key in set(bare) | set(instrumented)
@@ -120,6 +156,8 @@ def main(argv: list[str]) -> None:
     total_bare, total_on = result["bare"], result["instrumented"]
     print(f"opcodes per request: bare {total_bare:,.0f}, instrumented {total_on:,.0f}, "
           f"added {total_on - total_bare:,.0f} ({(total_on - total_bare) / total_bare:.1%})")
+    print(f"floor of one instrumented node (benchmarks._prototypes.FloorNode): "
+          f"{result['floor_per_node']:,.0f} opcodes")
     diff: dict[str, float] = result["added_by_function"]
     for key, added in sorted(diff.items(), key=lambda item: -abs(item[1]))[:30]:
         print(f"{added:10.1f}  {key}")

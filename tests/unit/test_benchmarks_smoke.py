@@ -64,3 +64,5 @@ def test_opcode_profile_attributes_the_added_work_to_the_instrumentation() -> No
     # ... and stored by the trace collector's thread (a run's spans arrive as one batch).
     assert added["collectors/trace.py:_apply_all"] > 0
     assert sum(added.values()) == pytest.approx(profile["instrumented"] - profile["bare"])
+    # The floor node (benchmarks._prototypes.FloorNode) is counted in the same process.
+    assert 100 < profile["floor_per_node"] < profile["instrumented"] - profile["bare"]
