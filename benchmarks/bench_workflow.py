@@ -343,8 +343,8 @@ sketch, a counter), and the generation (pricing, usage metrics, its span).
 Under callgrind with the garbage collector off (deterministic:
 `benchmarks/tools/workflow_instructions.py on|off N --no-gc`) that work
 is 3.2 % of the bare run's instructions (+493k on 15.3M per request). The
-wall-clock cost is higher than the instruction count suggests: timed inside real runs (last table), each call
-costs several times what the same call costs in a hot loop, because between
+wall-clock cost is higher than the instruction count suggests: timed inside
+real runs (last table), each call costs several times what the same call costs in a hot loop, because between
 two calls LangGraph's own work has pushed our code and data out of the CPU
 caches, and the sync nodes (with their spans) run on executor threads on the
 other core. Per request that is some ten cold calls on the calling and
