@@ -341,16 +341,17 @@ spread over the node wrapper's span start and end (`start_child_span`,
 records (a span into the ring, a histogram observation with its quantile
 sketch, a counter), and the generation (pricing, usage metrics, its span).
 Under callgrind with the garbage collector off (deterministic:
-`benchmarks/tools/workflow_instructions.py on|off N --no-gc`) that work
-is 3.2 % of the bare run's instructions (+493k on 15.3M per request). The
+`benchmarks/tools/workflow_instructions.py on|off N --no-gc`) that work is
+3.2 % of the bare run's instructions (+493k on 15.3M per request). The
 wall-clock cost is higher than the instruction count suggests: timed inside
-real runs (last table), each call costs several times what the same call costs in a hot loop, because between
-two calls LangGraph's own work has pushed our code and data out of the CPU
-caches, and the sync nodes (with their spans) run on executor threads on the
-other core. Per request that is some ten cold calls on the calling and
-executor threads, and no single one dominates, so the remaining factor of
-four to five is not one fix away in pure Python. The wall-clock medians above
-also move by several percent between runs on this shared 2-core VM (p10-p90).
+real runs (last table), each call costs several times what the same call
+costs in a hot loop, because between two calls LangGraph's own work has
+pushed our code and data out of the CPU caches, and the sync nodes (with
+their spans) run on executor threads on the other core. Per request that is
+some ten cold calls on the calling and executor threads, and no single one
+dominates, so the remaining factor of three or more is not one fix away in
+pure Python. The wall-clock medians above also move by several percent
+between runs on this shared 2-core VM (p10-p90).
 
 **The floor.** The least Python work of one instrumented node (a span, a
 counter and a latency observation, built and stored in one thread with no
@@ -372,7 +373,8 @@ generation (they used to trigger a full collection every ~1,000 runs, ~90 ms
 each); a run's records go to the collectors as one batch per collector when
 its root span ends; label tuples are built once and shared; a node's latency
 is recorded from its span's end; span redaction runs where spans leave the
-store (reads, exports) rather than on every stored span.
+store (reads, exports) rather than on every stored span; the trace collector
+stores a run's spans as one batch in a few C calls.
 
 What would close the rest, in order of payoff: move work from the cold
 per-request path to the collectors' batched (hot) loops -- e.g. the
