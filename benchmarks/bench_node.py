@@ -82,7 +82,8 @@ def run(quick: bool) -> BenchResult:
             rounds=rounds,
         )
         part_nodes = nodes // 2
-        tracer, counter = PrototypeTracer(), AggregatingCounter()
+        tracer, counter, shell = PrototypeTracer(), AggregatingCounter(), ShellFacade()
+        floor = FloorNode(obs.metrics.catalog["node_execution_latency"].buckets)
         parts = alternate(
             [
                 Variant("span", _component_round(obs, part_nodes, "span")),
@@ -95,9 +96,11 @@ def run(quick: bool) -> BenchResult:
                 Variant("proto_increment", _component_round(
                     obs, part_nodes, "increment", increment_fn=counter.increment)),
                 Variant("ours_node", _ours_round(obs, part_nodes)),
-                Variant("shell", _shell_round(ShellFacade(), part_nodes)),
-                Variant("floor", _floor_round(
-                    FloorNode(obs.metrics.catalog["node_execution_latency"].buckets), part_nodes)),
+                Variant("shell", _timed(
+                    lambda: _node_loop(shell.span, shell.increment, shell.observe_latency,
+                                       part_nodes), part_nodes)),
+                Variant("floor", _timed(
+                    lambda: floor.run(part_nodes, TENANTS, work), part_nodes)),
                 Variant("bare", _bare_round(part_nodes)),
             ],
             rounds=max(3, rounds - 2),
@@ -249,28 +252,14 @@ def _component_round(
     return round_
 
 
-def _shell_round(shell: ShellFacade, nodes: int) -> Callable[[], Mapping[str, float]]:
-    """Our node loop against :class:`ShellFacade`: the calls' shapes, empty bodies."""
+def _timed(run_nodes: Callable[[], object], nodes: int) -> Callable[[], Mapping[str, float]]:
+    """A round timing ``run_nodes()``, which runs ``nodes`` nodes (no flush, no CPU split)."""
 
     def round_() -> Mapping[str, float]:
         clock = time.perf_counter_ns
         started = clock()
-        _node_loop(shell.span, shell.increment, shell.observe_latency, nodes)
+        run_nodes()
         ended = clock()
-        return {"ns": (ended - started) / nodes}
-
-    return round_
-
-
-def _floor_round(floor: FloorNode, nodes: int) -> Callable[[], Mapping[str, float]]:
-    """The floor prototype's nodes (``_prototypes.FloorNode``), timed like ours."""
-
-    def round_() -> Mapping[str, float]:
-        clock = time.perf_counter_ns
-        started = clock()
-        stored = floor.run(nodes, TENANTS, work)
-        ended = clock()
-        assert stored > 0
         return {"ns": (ended - started) / nodes}
 
     return round_
@@ -287,19 +276,11 @@ def _paused_round(
 
     def round_() -> Mapping[str, float]:
         obs = observability(settings(drain_at_exit=False), start=False)
-        span = obs.tracing.span  # type: ignore[attr-defined]
-        increment = obs.metrics.increment  # type: ignore[attr-defined]
-        observe = obs.metrics.observe_latency  # type: ignore[attr-defined]
         clock = time.perf_counter_ns
         try:
             started = clock()
-            for i in range(nodes):
-                t0 = clock()
-                tenant = TENANTS[i & 7]
-                with span(NODE, kind="node"):
-                    work()
-                increment("request_count", tenant_id=tenant)
-                observe("node_execution_latency", (clock() - t0) / 1e9, node=NODE)
+            _node_loop(obs.tracing.span, obs.metrics.increment,  # type: ignore[attr-defined]
+                       obs.metrics.observe_latency, nodes)  # type: ignore[attr-defined]
             ended = clock()
             obs.start()  # type: ignore[attr-defined]
             flushed = obs.flush()  # type: ignore[attr-defined]
