@@ -135,6 +135,9 @@ class Observability:
                 settings.otlp_endpoint, timeout=settings.otlp_timeout_seconds,
                 headers={key: value.get_secret_value()
                          for key, value in settings.otlp_headers.items()},
+                max_retries=settings.otlp_max_retries,
+                # No retry starts so late that the export call would count as timed out.
+                retry_window=settings.export_timeout_seconds * 0.9,
             )
             span_exporters.append(CallableExporter(
                 functools.partial(sender.send, service_name=settings.service_name,

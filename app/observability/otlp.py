@@ -33,9 +33,10 @@ import math
 import os
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
 from typing import Any, Final, TypedDict, Unpack
 from urllib.parse import urlsplit
@@ -379,11 +380,14 @@ class _NoRedirectHandler(urllib.request.HTTPRedirectHandler):
 class OtlpHttpSender:
     """POST OTLP/JSON trace requests to an OTLP/HTTP receiver.
 
-    Off by default: nothing in the engine builds one unless configured. Each
-    :meth:`send` is one request, without retries; a refused connection, a
-    timeout or a non-2xx answer (redirects included) is logged, counted in
-    :attr:`failures` and returned as ``False``, never raised. Safe to share
-    between threads.
+    Off by default: nothing in the engine builds one unless configured. A
+    :meth:`send` retries what the OTLP/HTTP specification calls retryable
+    (answers 429, 502, 503 and 504, and network errors and timeouts) with
+    exponential backoff, or after the receiver's ``Retry-After`` seconds,
+    at most ``max_retries`` times and never past ``retry_window`` seconds
+    after the first attempt. What still fails (redirects included) is logged,
+    counted in :attr:`failures` and returned as ``False``, never raised. Safe
+    to share between threads.
 
     Args:
         endpoint: The full traces URL, e.g. ``http://127.0.0.1:4318/v1/traces``.
@@ -391,11 +395,22 @@ class OtlpHttpSender:
         headers: Extra request headers (for example an ``Authorization``
             token). ``Content-Type`` is always ``application/json``. Header
             values are never logged.
+        max_retries: Retries after the first attempt (0: none).
+        backoff: Seconds before the first retry; doubled for each next one,
+            up to ``max_backoff``.
+        max_backoff: The longest wait between two attempts, ``Retry-After``
+            included.
+        retry_window: Seconds after the first attempt within which a retry
+            may still start; an attempt's own timeout is cut to what is left.
+            The container sets it below the exporter's
+            ``export_timeout_seconds``.
+        sleep: Waits between attempts (tests pass a fake).
 
     Raises:
         ValueError: The endpoint is not an ``http``/``https`` URL with a host,
             carries credentials, the timeout is not a positive finite number,
-            or a header contains a line break.
+            a retry setting is negative or not finite, or a header contains
+            a line break.
     """
 
     def __init__(
@@ -404,6 +419,11 @@ class OtlpHttpSender:
         *,
         timeout: float = 5.0,
         headers: Mapping[str, str] | None = None,
+        max_retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 5.0,
+        retry_window: float = 10.0,
+        sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         parts = urlsplit(endpoint)
         if parts.scheme not in ("http", "https"):
@@ -414,6 +434,13 @@ class OtlpHttpSender:
             raise ValueError("OTLP/HTTP endpoint must not carry credentials: use headers=")
         if not (math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if type(max_retries) is not int or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, got {max_retries!r}")
+        for name, seconds in (("backoff", backoff), ("max_backoff", max_backoff),
+                              ("retry_window", retry_window)):
+            if not (math.isfinite(seconds) and seconds >= 0):
+                raise ValueError(
+                    f"{name} must be a finite number of seconds >= 0, got {seconds!r}")
         merged: dict[str, str] = {}
         for key, value in (headers or {}).items():
             if any(ch in key or ch in value for ch in "\r\n"):
@@ -430,6 +457,12 @@ class OtlpHttpSender:
         self._lock = threading.Lock()
         self._failures = 0
         self._rejected_spans = 0
+        self._retries = 0
+        self._max_retries = max_retries
+        self._backoff = float(backoff)
+        self._max_backoff = float(max_backoff)
+        self._retry_window = float(retry_window)
+        self._sleep = sleep
 
     @property
     def endpoint(self) -> str:
@@ -441,6 +474,12 @@ class OtlpHttpSender:
         """Sends that failed (network error, timeout or non-2xx answer)."""
         with self._lock:
             return self._failures
+
+    @property
+    def retries(self) -> int:
+        """Attempts made again after a retryable failure."""
+        with self._lock:
+            return self._retries
 
     @property
     def rejected_spans(self) -> int:
@@ -475,31 +514,55 @@ class OtlpHttpSender:
         document = spans_to_otlp(spans, **resource_kw)
         count = _span_count(document)
         body = json.dumps(document, **_JSON_OPTIONS).encode("utf-8", "replace")
-        request = urllib.request.Request(
-            self._endpoint, data=body, headers=dict(self._headers), method="POST"
-        )
-        try:
-            with self._opener.open(request, timeout=self._timeout) as response:
-                status: int = response.status
-                payload: bytes = response.read()
-        except urllib.error.HTTPError as exc:
-            detail = _read_error_body(exc)
-            return self._fail(count, status=exc.code, error=f"HTTP {exc.code} {exc.reason}",
-                              detail=detail)
-        except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
-            return self._fail(count, status=None, error=repr(exc), detail=None)
-        self._note_partial_success(payload, count)
-        _logger.debug("otlp_export_sent", endpoint=self._endpoint_for_logs, spans=count,
-                      status=status)
-        return True
+        deadline = time.monotonic() + self._retry_window
+        delay = self._backoff
+        attempt = 0
+        while True:
+            request = urllib.request.Request(
+                self._endpoint, data=body, headers=dict(self._headers), method="POST"
+            )
+            timeout = self._timeout if attempt == 0 else min(
+                self._timeout, max(deadline - time.monotonic(), 0.001))
+            retry_after: float | None = None
+            try:
+                with self._opener.open(request, timeout=timeout) as response:
+                    status: int = response.status
+                    payload: bytes = response.read()
+            except urllib.error.HTTPError as exc:
+                detail = _read_error_body(exc)
+                error, failed_status = f"HTTP {exc.code} {exc.reason}", exc.code
+                retryable = exc.code in _RETRYABLE_STATUS
+                if retryable:
+                    retry_after = _retry_after(exc.headers.get("Retry-After"))
+            except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
+                detail, error, failed_status, retryable = None, repr(exc), None, True
+            else:
+                self._note_partial_success(payload, count)
+                _logger.debug("otlp_export_sent", endpoint=self._endpoint_for_logs,
+                              spans=count, status=status, attempts=attempt + 1)
+                return True
+            wait = min(delay if retry_after is None else retry_after, self._max_backoff)
+            if (not retryable or attempt >= self._max_retries
+                    or time.monotonic() + wait >= deadline):
+                return self._fail(count, status=failed_status, error=error, detail=detail,
+                                  attempts=attempt + 1)
+            _logger.debug("otlp_export_retry", endpoint=self._endpoint_for_logs, spans=count,
+                          status=failed_status, error=error, wait=wait)
+            with self._lock:
+                self._retries += 1
+            self._sleep(wait)
+            attempt += 1
+            delay *= 2
 
-    def _fail(self, count: int, *, status: int | None, error: str, detail: str | None) -> bool:
+    def _fail(
+        self, count: int, *, status: int | None, error: str, detail: str | None, attempts: int
+    ) -> bool:
         """Count and log one failed send; always returns ``False``."""
         with self._lock:
             self._failures += 1
         _logger.warning(
             "otlp_export_failed", endpoint=self._endpoint_for_logs, spans=count,
-            status=status, error=error, detail=detail,
+            status=status, error=error, detail=detail, attempts=attempts,
         )
         return False
 
@@ -520,6 +583,21 @@ class OtlpHttpSender:
                 "otlp_export_partially_rejected", endpoint=self._endpoint_for_logs,
                 spans=count, rejected_spans=rejected, error=message,
             )
+
+
+#: Answers the OTLP/HTTP specification lets a client retry.
+_RETRYABLE_STATUS: Final = frozenset({429, 502, 503, 504})
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header given in seconds (an HTTP date is ignored)."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value.strip())
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _read_error_body(exc: urllib.error.HTTPError, limit: int = 512) -> str | None:

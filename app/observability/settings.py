@@ -107,6 +107,10 @@ class ObservabilitySettings(BaseModel):
     #: Extra OTLP/HTTP request headers, e.g. ``{"Authorization": "Basic ..."}`` for
     #: Langfuse's OTLP endpoint. Secret: masked in ``repr`` and dumps, never logged.
     otlp_headers: dict[str, SecretStr] = Field(default_factory=dict)
+    #: Retries of a retryable OTLP answer (429, 502, 503, 504) or network error, with
+    #: exponential backoff or the receiver's ``Retry-After``, within 90 % of
+    #: ``export_timeout_seconds``.
+    otlp_max_retries: int = Field(default=3, ge=0, le=10)
     #: An export call running longer than this is counted as timed out.
     export_timeout_seconds: float = Field(default=10.0, gt=0, allow_inf_nan=False)
     #: Span batches each exporter may have waiting; more are dropped and counted.

@@ -442,6 +442,8 @@ class Receiver:
         self.bodies: list[dict[str, Any]] = []
         self.paths: list[str] = []
         self.authorization: list[str | None] = []
+        #: Answered first, one per request, before ``status``.
+        self.statuses: list[int] = []
         self.status = status
         receiver = self
 
@@ -453,7 +455,10 @@ class Receiver:
                 receiver.authorization.append(self.headers.get("Authorization"))
                 receiver.bodies.append(json.loads(body))
                 reply = b"{}"
-                self.send_response(receiver.status)
+                status = receiver.statuses.pop(0) if receiver.statuses else receiver.status
+                self.send_response(status)
+                if status == 503:
+                    self.send_header("Retry-After", "0")
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(reply)))
                 self.end_headers()
@@ -528,6 +533,21 @@ def test_otlp_headers_from_settings_reach_the_receiver_and_stay_secret(
     assert "c2VjcmV0" not in obs.settings.model_dump_json()
 
 
+def test_the_container_retries_a_retryable_otlp_answer(
+    make_obs: Any, receiver: Receiver
+) -> None:
+    receiver.statuses = [503]
+    obs: Observability = make_obs(otlp_endpoint=receiver.url)
+    with obs.tracing.span("s"):
+        pass
+    assert obs.flush(JOIN, exporters=True)
+
+    (stats,) = obs.exporter_stats()
+    assert (stats.exported, stats.failed) == (1, 0)
+    assert len(receiver.bodies) == 2  # refused once, then accepted
+    assert receiver.bodies[0] == receiver.bodies[1]
+
+
 def test_an_otlp_header_with_a_line_break_is_refused_when_the_container_is_built() -> None:
     settings = ObservabilitySettings(
         otlp_endpoint="http://127.0.0.1:9/v1/traces", otlp_headers={"X-Bad": "a\r\nb"}
@@ -538,7 +558,7 @@ def test_an_otlp_header_with_a_line_break_is_refused_when_the_container_is_built
 
 def test_otlp_receiver_errors_are_counted_as_failed(make_obs: Any, receiver: Receiver) -> None:
     receiver.status = 503
-    obs: Observability = make_obs(otlp_endpoint=receiver.url)
+    obs: Observability = make_obs(otlp_endpoint=receiver.url, otlp_max_retries=0)
     for _ in range(3):
         with obs.tracing.span("s"):
             pass

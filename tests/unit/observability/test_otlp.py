@@ -28,7 +28,7 @@ import math
 import re
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -726,7 +726,7 @@ def test_send_partial_success_is_true_and_counted(receiver: _Receiver) -> None:
 
 def test_send_failures_accumulate(receiver: _Receiver) -> None:
     receiver.status = 503
-    sender = OtlpHttpSender(receiver.url)
+    sender = OtlpHttpSender(receiver.url, max_retries=0)
 
     results = [sender.send(_trace()) for _ in range(3)]
 
@@ -742,14 +742,17 @@ def _unused_port() -> int:
 
 
 def test_send_to_unreachable_port_is_false_without_raising() -> None:
-    sender = OtlpHttpSender(f"http://127.0.0.1:{_unused_port()}/v1/traces", timeout=2.0)
+    waits: list[float] = []
+    sender = OtlpHttpSender(f"http://127.0.0.1:{_unused_port()}/v1/traces", timeout=2.0,
+                            sleep=waits.append)
 
     with structlog.testing.capture_logs() as logs:
         assert sender.send(_trace()) is False
 
     assert sender.failures == 1
+    assert (sender.retries, waits) == (3, [0.5, 1.0, 2.0])  # a network error is retried
     (entry,) = [e for e in logs if e["event"] == "otlp_export_failed"]
-    assert entry["status"] is None
+    assert (entry["status"], entry["attempts"]) == (None, 4)
 
 
 def test_send_timeout_is_false_without_raising() -> None:
@@ -759,11 +762,124 @@ def test_send_timeout_is_false_without_raising() -> None:
         silent.bind(("127.0.0.1", 0))
         silent.listen(1)
         port = silent.getsockname()[1]
-        sender = OtlpHttpSender(f"http://127.0.0.1:{port}/v1/traces", timeout=0.2)
+        sender = OtlpHttpSender(f"http://127.0.0.1:{port}/v1/traces", timeout=0.2,
+                                max_retries=0)
 
         assert sender.send(_trace()) is False
 
     assert sender.failures == 1
+
+
+class _Answers(_Receiver):
+    """A receiver that answers with the given statuses in turn, then 200."""
+
+    def __init__(self, *statuses: int, retry_after: str | None = None) -> None:
+        super().__init__()
+        self.statuses = list(statuses)
+        if retry_after is not None:
+            self.extra_headers = {"Retry-After": retry_after}
+
+
+class _AnswersHandler(_ReceiverHandler):
+    server: _Answers
+
+    def do_POST(self) -> None:
+        statuses = self.server.statuses
+        self.server.status = statuses.pop(0) if statuses else 200
+        super().do_POST()
+
+
+@pytest.fixture
+def answers() -> Iterator[Callable[..., _Answers]]:
+    servers: list[tuple[_Answers, threading.Thread]] = []
+
+    def start(*statuses: int, retry_after: str | None = None) -> _Answers:
+        server = _Answers(*statuses, retry_after=retry_after)
+        server.RequestHandlerClass = _AnswersHandler
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
+        thread.start()
+        servers.append((server, thread))
+        return server
+
+    try:
+        yield start
+    finally:
+        for server, thread in servers:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=10)
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_a_retryable_answer_is_retried_with_exponential_backoff(
+    answers: Callable[..., _Answers], status: int
+) -> None:
+    receiver = answers(status, status)
+    waits: list[float] = []
+    sender = OtlpHttpSender(receiver.url, sleep=waits.append)
+
+    assert sender.send(_trace()) is True
+
+    assert len(receiver.requests) == 3
+    assert (sender.retries, sender.failures, waits) == (2, 0, [0.5, 1.0])
+    assert receiver.requests[0][2] == receiver.requests[2][2]  # the same body again
+
+
+def test_retry_after_seconds_are_honoured_up_to_the_longest_backoff(
+    answers: Callable[..., _Answers],
+) -> None:
+    receiver = answers(503, 503, retry_after="7")
+    waits: list[float] = []
+    sender = OtlpHttpSender(receiver.url, max_backoff=5.0, sleep=waits.append)
+
+    assert sender.send(_trace()) is True
+    assert waits == [5.0, 5.0]
+
+    receiver = answers(429, retry_after="0.25")
+    waits.clear()
+    assert OtlpHttpSender(receiver.url, sleep=waits.append).send(_trace()) is True
+    assert waits == [0.25]
+
+
+@pytest.mark.parametrize("status", [400, 401, 404, 413, 500])
+def test_a_non_retryable_answer_fails_at_once(
+    answers: Callable[..., _Answers], status: int
+) -> None:
+    receiver = answers(status)
+    waits: list[float] = []
+    sender = OtlpHttpSender(receiver.url, sleep=waits.append)
+
+    assert sender.send(_trace()) is False
+    assert (len(receiver.requests), sender.retries, sender.failures, waits) == (1, 0, 1, [])
+
+
+def test_retries_stop_at_max_retries_and_at_the_retry_window(
+    answers: Callable[..., _Answers],
+) -> None:
+    receiver = answers(*[503] * 10)
+    waits: list[float] = []
+    sender = OtlpHttpSender(receiver.url, max_retries=2, sleep=waits.append)
+    with structlog.testing.capture_logs() as logs:
+        assert sender.send(_trace()) is False
+    assert (len(receiver.requests), sender.retries, sender.failures) == (3, 2, 1)
+    (entry,) = [e for e in logs if e["event"] == "otlp_export_failed"]
+    assert (entry["status"], entry["attempts"]) == (503, 3)
+
+    # A window shorter than the first backoff: no retry would start in time.
+    receiver = answers(503)
+    sender = OtlpHttpSender(receiver.url, retry_window=0.1, sleep=waits.append)
+    assert sender.send(_trace()) is False
+    assert (len(receiver.requests), sender.retries) == (1, 0)
+
+
+@pytest.mark.parametrize(
+    ("option", "value"),
+    [("max_retries", -1), ("max_retries", 1.5), ("backoff", -0.1), ("max_backoff", math.inf),
+     ("retry_window", math.nan)],
+)
+def test_sender_refuses_bad_retry_settings(option: str, value: Any) -> None:
+    with pytest.raises(ValueError, match=option):
+        OtlpHttpSender("http://127.0.0.1:4318/v1/traces", **{option: value})
 
 
 @pytest.mark.parametrize(
