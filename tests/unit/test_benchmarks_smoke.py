@@ -66,3 +66,43 @@ def test_opcode_profile_attributes_the_added_work_to_the_instrumentation() -> No
     assert sum(added.values()) == pytest.approx(profile["instrumented"] - profile["bare"])
     # The floor node (benchmarks._prototypes.FloorNode) is counted in the same process.
     assert 100 < profile["floor_per_node"] < profile["instrumented"] - profile["bare"]
+
+
+@pytest.mark.timeout(120)
+def test_the_c_prototype_builds_and_feeds_the_real_collectors() -> None:
+    """The node benchmark's C prototype measures real work: its records are applied."""
+    import random
+    from contextvars import ContextVar
+
+    from app.observability import Observability, ObservabilitySettings
+    from benchmarks.cproto import build
+
+    fastpath = build()
+    assert fastpath is not None, "gcc and the Python headers are on every machine of this kind"
+    with Observability(ObservabilitySettings(drain_at_exit=False)) as obs:
+        obs.metrics.increment("request_count", tenant_id="t1")
+        obs.metrics.observe_latency("node_execution_latency", 0.0, node="n")
+        collectors = obs.pipeline.collectors
+        fast = fastpath.Fast(
+            ContextVar("test_span", default=None), random.Random(1).getrandbits,
+            collectors["trace"], collectors["metrics"],
+            obs.metrics._valid_counters, obs.metrics._valid_histograms,
+        )
+        for _ in range(3):
+            with fast.span("root", kind="node"), fast.span("child"):
+                pass
+            fast.increment("request_count", tenant_id="t1")
+            fast.observe_latency("node_execution_latency", 0.25, node="n")
+        with pytest.raises(KeyError):
+            fast.increment("request_count", tenant_id="never-validated")
+        assert obs.flush(10)
+
+        spans = obs.tracing.finished_spans()
+        assert [s.name for s in spans] == ["child", "root"] * 3
+        assert all(c.parent_span_id == r.span_id and c.trace_id == r.trace_id
+                   for c, r in zip(spans[::2], spans[1::2], strict=True))
+        assert {s.kind for s in spans} == {"node", "internal"}
+        metrics = obs.metrics.export_metrics()
+        assert metrics["request_count"]["series"][0]["value"] == 4
+        (latency,) = metrics["node_execution_latency"]["series"]
+        assert (latency["count"], latency["sum"]) == (4, 0.75)
