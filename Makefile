@@ -9,7 +9,7 @@ ARGS ?=
 
 .PHONY: demo test bench lint typecheck tools clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml collectors/_speedups.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'

@@ -28,11 +28,12 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any, Generic, Literal, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
 
 import structlog
 
 from collectors._queue import RecordQueue
+from collectors.hotpath import speedups
 from collectors.records import Batch, ns_to_datetime
 
 __all__ = (
@@ -132,7 +133,16 @@ def _record_count(item: object) -> int:
     return 1
 
 
-class Collector(ABC, Generic[StoreT]):
+if TYPE_CHECKING or speedups is None:
+    class _CollectorBase:
+        """Pure Python: :meth:`Collector.send` is defined on the class itself."""
+
+        __slots__ = ()
+else:  # the compiled send() (collectors/_speedups.c), same behaviour
+    _CollectorBase = speedups.CollectorBase
+
+
+class Collector(_CollectorBase, ABC, Generic[StoreT]):
     """Base actor: a bounded janus queue drained in batches by one thread.
 
     Subclasses implement :meth:`_new_store` and :meth:`_apply`; both run on
@@ -215,19 +225,21 @@ class Collector(ABC, Generic[StoreT]):
         self._state = CollectorState.RUNNING
         self._thread.start()
 
-    def send(self, record: object, n: int = 1) -> bool:
-        """Enqueue one record (or a :class:`Batch` of ``n``); never raises.
+    if TYPE_CHECKING or speedups is None:
+        def send(self, record: object, n: int = 1) -> bool:
+            """Enqueue one record (or a :class:`Batch` of ``n``); never raises.
 
-        Under ``drop_newest`` this never blocks; under ``block`` it waits up
-        to ``block_timeout`` for room. A record that cannot be enqueued is
-        dropped and counted.
+            Under ``drop_newest`` this never blocks; under ``block`` it waits up
+            to ``block_timeout`` for room. A record that cannot be enqueued is
+            dropped and counted. (Compiled in ``collectors/_speedups.c`` when the
+            extension is built: the same steps, see :mod:`collectors.hotpath`.)
 
-        Returns:
-            Whether the record was enqueued.
-        """
-        if self.accepting and self._queue.offer(record):
-            return True
-        return self._send_slow(record, n)
+            Returns:
+                Whether the record was enqueued.
+            """
+            if self.accepting and self._queue.offer(record):
+                return True
+            return self._send_slow(record, n)
 
     def _send_slow(self, record: object, n: int) -> bool:
         if not self.accepting:

@@ -19,10 +19,11 @@ import asyncio
 import math
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from app.observability.catalog import PIPELINE_METRICS
 from collectors.base import CollectorState
+from collectors.hotpath import speedups
 from collectors.cost import CostStoreCollector
 from collectors.metrics import MetricsStoreCollector
 from collectors.pipeline import Pipeline
@@ -44,7 +45,16 @@ def format_bound(bound: float) -> str:
     return repr(float(bound))
 
 
-class MetricsCollector:
+if TYPE_CHECKING or speedups is None:
+    class _MetricsBase:
+        """Pure Python: :class:`MetricsCollector` defines the recording methods itself."""
+
+        __slots__ = ()
+else:  # compiled increment / observe_latency (collectors/_speedups.c), same behaviour
+    _MetricsBase = speedups.MetricsBase
+
+
+class MetricsCollector(_MetricsBase):
     """Records counters and latency histograms; exports snapshots.
 
     Args:
@@ -99,62 +109,63 @@ class MetricsCollector:
 
     # --- recording (any thread, any event loop; never blocks) --------------
 
-    def increment(self, metric: str, amount: int | float = 1, /, **labels: str) -> None:
-        """Add ``amount`` to a counter series.
+    if TYPE_CHECKING or speedups is None:  # else compiled: the same checks and records
+        def increment(self, metric: str, amount: int | float = 1, /, **labels: str) -> None:
+            """Add ``amount`` to a counter series.
 
-        Args:
-            metric: A counter's catalog name, e.g. ``"request_count"``.
-            amount: A finite, non-negative number (default 1).
-            **labels: Label values by name, e.g. ``tenant_id="t1"``.
+            Args:
+                metric: A counter's catalog name, e.g. ``"request_count"``.
+                amount: A finite, non-negative number (default 1).
+                **labels: Label values by name, e.g. ``tenant_id="t1"``.
 
-        Raises:
-            ValueError: Unknown counter, undeclared label, empty or over-long
-                label value, negative or non-finite amount.
-            TypeError: A non-numeric amount or a non-string label value.
-        """
-        try:
-            known = self._valid_counters[metric, tuple(labels.items())]
-        except (KeyError, TypeError):  # not validated yet, or unhashable: the full check
-            known = self._validate(metric, amount, labels, counter=True)
-        kind = type(amount)
-        if kind is int:
-            # An int beyond the float range would make the store's float
-            # arithmetic raise on the collector thread (the record lost).
-            if not 0 <= amount <= _FLOAT_MAX:
-                raise ValueError(f"amount must be finite and >= 0, got {amount!r}")
-        elif kind is float:
-            if not 0 <= amount < _INF:
-                raise ValueError(f"amount must be finite and >= 0, got {amount!r}")
-        else:
-            raise TypeError(f"amount must be an int or float, got {kind.__name__}")
-        self._send((metric, known, amount))  # a plain tuple: see collectors.records
+            Raises:
+                ValueError: Unknown counter, undeclared label, empty or over-long
+                    label value, negative or non-finite amount.
+                TypeError: A non-numeric amount or a non-string label value.
+            """
+            try:
+                known = self._valid_counters[metric, tuple(labels.items())]
+            except (KeyError, TypeError):  # not validated yet, or unhashable: the full check
+                known = self._validate(metric, amount, labels, counter=True)
+            kind = type(amount)
+            if kind is int:
+                # An int beyond the float range would make the store's float
+                # arithmetic raise on the collector thread (the record lost).
+                if not 0 <= amount <= _FLOAT_MAX:
+                    raise ValueError(f"amount must be finite and >= 0, got {amount!r}")
+            elif kind is float:
+                if not 0 <= amount < _INF:
+                    raise ValueError(f"amount must be finite and >= 0, got {amount!r}")
+            else:
+                raise TypeError(f"amount must be an int or float, got {kind.__name__}")
+            self._send((metric, known, amount))  # a plain tuple: see collectors.records
 
-    def observe_latency(self, metric: str, seconds: float, /, **labels: str) -> None:
-        """Observe one latency, in seconds, in a histogram.
+        def observe_latency(self, metric: str, seconds: float, /, **labels: str) -> None:
+            """Observe one latency, in seconds, in a histogram.
 
-        Args:
-            metric: A histogram's catalog name, e.g. ``"node_execution_latency"``.
-            seconds: A finite, non-negative duration.
-            **labels: Label values by name, e.g. ``node="risk_scoring"``.
+            Args:
+                metric: A histogram's catalog name, e.g. ``"node_execution_latency"``.
+                seconds: A finite, non-negative duration.
+                **labels: Label values by name, e.g. ``node="risk_scoring"``.
 
-        Raises:
-            ValueError: Unknown histogram, undeclared label, empty label value,
-                negative or non-finite latency.
-            TypeError: A non-numeric latency or a non-string label value.
-        """
-        try:
-            known = self._valid_histograms[metric, tuple(labels.items())]
-        except (KeyError, TypeError):  # not validated yet, or unhashable: the full check
-            known = self._validate(metric, seconds, labels, counter=False)
-        kind = type(seconds)
-        if kind is not float and kind is not int:
-            raise TypeError(f"latency must be a float (seconds), got {kind.__name__}")
-        if not 0 <= seconds <= _FLOAT_MAX:  # also rejects NaN, inf and ints past float range
-            raise ValueError(f"latency must be finite and >= 0 seconds, got {seconds!r}")
-        self._send((metric, known, seconds))
+            Raises:
+                ValueError: Unknown histogram, undeclared label, empty label value,
+                    negative or non-finite latency.
+                TypeError: A non-numeric latency or a non-string label value.
+            """
+            try:
+                known = self._valid_histograms[metric, tuple(labels.items())]
+            except (KeyError, TypeError):  # not validated yet, or unhashable: the full check
+                known = self._validate(metric, seconds, labels, counter=False)
+            kind = type(seconds)
+            if kind is not float and kind is not int:
+                raise TypeError(f"latency must be a float (seconds), got {kind.__name__}")
+            if not 0 <= seconds <= _FLOAT_MAX:  # also rejects NaN, inf and ints past float range
+                raise ValueError(f"latency must be finite and >= 0 seconds, got {seconds!r}")
+            self._send((metric, known, seconds))
 
-    #: ``observe`` is the general name for histograms that are not latencies.
-    observe = observe_latency
+        #: ``observe`` is the general name for histograms that are not latencies.
+        observe = observe_latency
 
     def _validate(
         self, metric: object, value: object, labels: dict[str, Any], *, counter: bool

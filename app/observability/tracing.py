@@ -31,9 +31,10 @@ from collections.abc import Mapping
 from contextvars import ContextVar, Token
 from itertools import chain
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from collectors.base import Collector
+from collectors.hotpath import speedups
 from collectors.records import (
     AttributeValue,
     Batch,
@@ -138,19 +139,39 @@ class Outbox:
         self.lock = threading.Lock()
 
 
-class Span:
+_SPAN_SLOTS = (
+    "_perf_start", "_service", "_token", "attributes", "correlation_id", "end_ns", "events",
+    "identity", "kind", "name", "outbox", "parent", "request_id", "sampled", "span_id",
+    "start_ns", "status", "tenant_id", "trace_id",
+)
+
+if TYPE_CHECKING or speedups is None:
+    class _SpanBase:
+        """Pure Python: the slots are declared by :class:`Span` itself."""
+
+        __slots__ = ()
+
+    class _TracerBase:
+        """Pure Python: :class:`TracingService` defines the hot-path methods itself."""
+
+        __slots__ = ()
+
+    _new_span = object.__new__
+else:  # compiled (collectors/_speedups.c): the same slots and methods, see collectors.hotpath
+    _SpanBase = speedups.SpanBase
+    _TracerBase = speedups.TracerBase
+    _new_span = speedups.SpanBase.__new__
+
+
+class Span(_SpanBase):
     """A started span. Mutable until it ends; then it is sent as a record.
 
     Create spans with :meth:`TracingService.start_span` or
     :meth:`TracingService.span`, not directly.
     """
 
-    __slots__ = (
-        "_perf_start", "_service", "_token", "attributes", "correlation_id", "end_ns", "events",
-        "identity", "kind",
-        "name", "outbox", "parent", "request_id", "sampled", "span_id", "start_ns", "status",
-        "tenant_id", "trace_id",
-    )
+    # The 19 slots; with the compiled hot path they are its base type's fields.
+    __slots__ = () if speedups is not None else _SPAN_SLOTS
 
     name: str
     kind: str
@@ -264,15 +285,16 @@ class Span:
     # ``with`` / ``async with``: the span was started by TracingService.span();
     # leaving the block ends it (an escaping exception marks it as an error).
 
-    def __enter__(self) -> Span:
-        return self
+    if TYPE_CHECKING or speedups is None:  # else compiled, the same steps
+        def __enter__(self) -> Span:
+            return self
 
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not self.end_ns:
-            self._service.finish(self, None, exc)  # a live span of ours: no checks needed
+        def __exit__(
+            self, exc_type: type[BaseException] | None, exc: BaseException | None,
+            tb: TracebackType | None,
+        ) -> None:
+            if not self.end_ns:
+                self._service.finish(self, None, exc)  # a live span of ours: no checks needed
 
     async def __aenter__(self) -> Span:
         return self
@@ -284,7 +306,7 @@ class Span:
         self.__exit__(exc_type, exc, tb)
 
 
-class TracingService:
+class TracingService(_TracerBase):
     """Starts and ends spans; keeps the current span in a context variable.
 
     Args:
@@ -315,6 +337,8 @@ class TracingService:
         self._send_span = collector.send if collector is not None else None
         self._send_metric = metrics.send if metrics is not None else None
         self._sample_bound = round(sample_ratio * (1 << 64))
+        self._span_type = Span  # what the compiled start builds (a SpanBase subclass)
+        self._context_type = SpanContext
         self._id_seed = id_seed
         self._rng = random.Random(id_seed)
         self._current: ContextVar[Span | SpanContext | None] = ContextVar(
@@ -367,7 +391,7 @@ class TracingService:
 
     # --- spans --------------------------------------------------------------
 
-    def start_span_sync(
+    def _start_span_py(
         self,
         name: str,
         *,
@@ -473,7 +497,7 @@ class TracingService:
         span._token = self._current.set(span)
         return span
 
-    def start_child_span(self, name: str, kind: str) -> Span:
+    def _start_child_py(self, name: str, kind: str) -> Span:
         """Start a child of the current span: the instrumentation's hot path.
 
         Equivalent to ``start_span_sync(name, kind=kind)`` when a local span
@@ -484,7 +508,7 @@ class TracingService:
         """
         parent = self._current.get()
         if type(parent) is not Span:
-            return self.start_span_sync(name, kind=kind)
+            return self._start_span_py(name, kind=kind)
         span = _new_span(Span)
         span.name = name
         span.kind = kind
@@ -542,7 +566,7 @@ class TracingService:
             raise TypeError(f"error must be an exception, got {type(error).__name__}")
         return as_span_record(self.finish(span, status, error))
 
-    def finish(
+    def _finish_py(
         self, span: Span, status: str | None = None, error: BaseException | None = None,
         latency_metric: str | None = None, labels: Labels = (),
     ) -> tuple[Any, ...]:
@@ -636,10 +660,17 @@ class TracingService:
         """Async form of :meth:`end_span_sync`."""
         return self.end_span_sync(span, status=status, error=error)
 
-    #: ``with obs.tracing.span("node", kind="node"):`` (or ``async with``): the
-    #: started :class:`Span` is its own context manager, so this is
-    #: :meth:`start_span_sync` under the name that reads well in a ``with``.
-    span = start_span_sync
+    if TYPE_CHECKING or speedups is None:
+        # Pure Python. Compiled, the base type has these four methods: the
+        # common calls run in C and every other call reaches the Python
+        # implementations above (collectors.hotpath).
+        start_span_sync = _start_span_py
+        start_child_span = _start_child_py
+        finish = _finish_py
+        #: ``with obs.tracing.span("node", kind="node"):`` (or ``async with``): the
+        #: started :class:`Span` is its own context manager, so this is
+        #: :meth:`start_span_sync` under the name that reads well in a ``with``.
+        span = _start_span_py
 
     def record_finished_span(
         self,
@@ -714,8 +745,6 @@ class TracingService:
             trace_id=trace_id, tenant_id=tenant_id, timeout=self._read_timeout
         )
 
-
-_new_span = object.__new__
 
 
 def _send_batch(records: list[Any], actor: Collector[Any] | None) -> None:

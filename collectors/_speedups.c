@@ -1,0 +1,1156 @@
+/*
+ * collectors._speedups: the compiled hot path of the observability pipeline.
+ *
+ * Four base types, each with a pure-Python twin that behaves the same (see
+ * collectors/hotpath.py, which picks one at import time):
+ *
+ *   SpanBase       the 19 slots of app.observability.tracing.Span, and its
+ *                  `with` protocol;
+ *   TracerBase     TracingService.start_span_sync / start_child_span / finish
+ *                  for the common cases (a span with no attributes, events or
+ *                  error, no explicit parent or ids); every other call goes to
+ *                  the Python implementation (`_start_span_py`, `_finish_py`);
+ *   MetricsBase    MetricsCollector.increment / observe_latency: a lookup of
+ *                  (metric, labels) in the facade's cache of validated label
+ *                  sets, the value check, one record; a miss calls the
+ *                  facade's Python `_validate`;
+ *   CollectorBase  Collector.send: RecordQueue.offer's fast path (room below
+ *                  the high-water mark); anything else (closed, past the
+ *                  high-water mark, full) goes to the Python `_send_slow` /
+ *                  `RecordQueue.offer`.
+ *
+ * The records built here are the same plain tuples the Python code builds
+ * (collectors/records.py), and they go to the same queues, so the collector
+ * threads cannot tell the two apart. Every object this code reads or writes
+ * belongs to the calling thread's span or to an immutable cache entry; shared
+ * state is only touched through the same atomic operations the Python code
+ * uses (deque.append under the GIL, ContextVar.set/reset).
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <float.h>
+#include <time.h>
+
+/* ------------------------------------------------------------------------ */
+/* Module state: interned names and constants (immortal for the process).   */
+
+static PyObject *s_ok, *s_unset, *s_open, *s_spans, *s_metrics, *s_limit, *s_append,
+    *s_getrandbits, *s_wake_at, *s_wake, *s_offer, *s_send_slow, *s_send_outbox,
+    *s_start_span_py, *s_finish_py, *s_validate, *s_counter, *s_kind, *s_remote, *s_span_id,
+    *s_internal, *s_queue, *s_yield_at, *s_send;
+static PyObject *empty_tuple, *zero, *one, *bits64, *bits128, *mask64, *float_max_int,
+    *kinds;
+static PyObject *time_ns_fn, *perf_counter_ns_fn; /* fallbacks off Linux */
+
+static PyObject *float_from_ns(long long ns) { return PyFloat_FromDouble((double)ns / 1e9); }
+
+/* time.perf_counter_ns() and time.time_ns(), read the way CPython reads them. */
+static int perf_ns(long long *out) {
+#if defined(__linux__)
+    struct timespec ts;
+    if (clock_gettime(CLOCK_MONOTONIC, &ts) == 0) {
+        *out = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        return 0;
+    }
+#endif
+    PyObject *value = PyObject_CallNoArgs(perf_counter_ns_fn);
+    if (value == NULL) return -1;
+    *out = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int wall_ns(long long *out) {
+#if defined(__linux__)
+    struct timespec ts;
+    if (clock_gettime(CLOCK_REALTIME, &ts) == 0) {
+        *out = (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+        return 0;
+    }
+#endif
+    PyObject *value = PyObject_CallNoArgs(time_ns_fn);
+    if (value == NULL) return -1;
+    *out = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* CollectorBase: Collector.send                                            */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *queue;   /* the RecordQueue (`_queue`) */
+    PyObject *items;   /* its deque (`_queue._queue`), cached when `_queue` is set */
+    Py_ssize_t yield_at; /* its high-water mark (`_queue._yield_at`), fixed per queue */
+    char accepting;
+} CollectorBase;
+
+static PyTypeObject CollectorBaseType;
+
+static int collector_traverse(CollectorBase *self, visitproc visit, void *arg) {
+    Py_VISIT(self->queue);
+    Py_VISIT(self->items);
+    return 0;
+}
+
+static int collector_clear(CollectorBase *self) {
+    Py_CLEAR(self->queue);
+    Py_CLEAR(self->items);
+    return 0;
+}
+
+static void collector_dealloc(CollectorBase *self) {
+    PyObject_GC_UnTrack(self);
+    collector_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *collector_get_queue(CollectorBase *self, void *closure) {
+    if (self->queue == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "_queue");
+        return NULL;
+    }
+    return Py_NewRef(self->queue);
+}
+
+static int collector_set_queue(CollectorBase *self, PyObject *value, void *closure) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _queue");
+        return -1;
+    }
+    PyObject *items = PyObject_GetAttr(value, s_queue);
+    if (items == NULL) return -1;
+    if (PyObject_Length(items) < 0) {
+        Py_DECREF(items);
+        return -1;
+    }
+    PyObject *yield_obj = PyObject_GetAttr(value, s_yield_at);
+    if (yield_obj == NULL) {
+        Py_DECREF(items);
+        return -1;
+    }
+    Py_ssize_t yield_at = PyLong_AsSsize_t(yield_obj);
+    Py_DECREF(yield_obj);
+    if (yield_at == -1 && PyErr_Occurred()) {
+        Py_DECREF(items);
+        return -1;
+    }
+    Py_XSETREF(self->queue, Py_NewRef(value));
+    Py_XSETREF(self->items, items);
+    self->yield_at = yield_at;
+    return 0;
+}
+
+/* The fast path of RecordQueue.offer: 1 enqueued, 0 not taken here (the
+   caller goes the slow way), -1 error. */
+static int collector_offer_fast(CollectorBase *self, PyObject *record) {
+    PyObject *items = self->items;
+    if (!self->accepting || items == NULL) return 0;
+    Py_ssize_t depth = PyObject_Length(items);
+    if (depth < 0) return -1;
+    if (depth >= self->yield_at) return 0; /* near full: RecordQueue.offer decides */
+    PyObject *queue = self->queue;
+    Py_INCREF(items);
+    Py_INCREF(queue);
+    int result = -1;
+    PyObject *r = PyObject_CallMethodOneArg(items, s_append, record);
+    if (r == NULL) goto done;
+    Py_DECREF(r);
+    PyObject *wake_obj = PyObject_GetAttr(queue, s_wake_at);
+    if (wake_obj == NULL) goto done;
+    long long wake_at = PyLong_AsLongLong(wake_obj);
+    Py_DECREF(wake_obj);
+    if (wake_at == -1 && PyErr_Occurred()) goto done;
+    if (depth >= wake_at - 1) {
+        r = PyObject_CallMethodNoArgs(queue, s_wake);
+        if (r == NULL) goto done;
+        Py_DECREF(r);
+    }
+    result = 1;
+done:
+    Py_DECREF(items);
+    Py_DECREF(queue);
+    return result;
+}
+
+/* Collector.send(record, n): the fast path, else RecordQueue.offer, else
+   Collector._send_slow. Returns a new reference to True/False, or NULL. */
+static PyObject *collector_send_record(CollectorBase *self, PyObject *record, PyObject *n) {
+    int fast = collector_offer_fast(self, record);
+    if (fast < 0) return NULL;
+    if (fast) Py_RETURN_TRUE;
+    if (self->accepting && self->queue != NULL) {
+        PyObject *queue = Py_NewRef(self->queue);
+        PyObject *taken = PyObject_CallMethodOneArg(queue, s_offer, record);
+        Py_DECREF(queue);
+        if (taken == NULL) return NULL;
+        int ok = PyObject_IsTrue(taken);
+        Py_DECREF(taken);
+        if (ok < 0) return NULL;
+        if (ok) Py_RETURN_TRUE;
+    }
+    PyObject *args[3] = {(PyObject *)self, record, n};
+    return PyObject_VectorcallMethod(s_send_slow, args, 3 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                     NULL);
+}
+
+/* Send one record; 0 on success (sent or dropped and counted), -1 on error. */
+static int collector_send_one(PyObject *collector, PyObject *record) {
+    PyObject *result;
+    if (PyObject_TypeCheck(collector, &CollectorBaseType)) {
+        result = collector_send_record((CollectorBase *)collector, record, one);
+    } else {
+        result = PyObject_CallMethodOneArg(collector, s_send, record);
+    }
+    if (result == NULL) return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+static PyObject *collector_send(CollectorBase *self, PyObject *const *args, Py_ssize_t nargs,
+                                PyObject *kwnames) {
+    PyObject *record = NULL, *n = one;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    if (nargs >= 1) record = args[0];
+    if (nargs == 2) n = args[1];
+    if (nargs > 2 || nargs + nkw > 2) {
+        PyErr_SetString(PyExc_TypeError, "send() takes a record and an optional count n");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        if (PyUnicode_CompareWithASCIIString(key, "record") == 0 && record == NULL) {
+            record = args[nargs + i];
+        } else if (PyUnicode_CompareWithASCIIString(key, "n") == 0 && nargs < 2) {
+            n = args[nargs + i];
+        } else {
+            PyErr_Format(PyExc_TypeError, "send() got an unexpected keyword argument %R", key);
+            return NULL;
+        }
+    }
+    if (record == NULL) {
+        PyErr_SetString(PyExc_TypeError, "send() missing the record");
+        return NULL;
+    }
+    return collector_send_record(self, record, n);
+}
+
+static PyMemberDef collector_members[] = {
+    {"accepting", T_BOOL, offsetof(CollectorBase, accepting), 0,
+     "False once closed or dead: sends are then dropped and counted."},
+    {NULL},
+};
+
+static PyGetSetDef collector_getset[] = {
+    {"_queue", (getter)collector_get_queue, (setter)collector_set_queue,
+     "The collector's RecordQueue (its deque and high-water mark are cached when set).", NULL},
+    {NULL},
+};
+
+static PyMethodDef collector_methods[] = {
+    {"send", (PyCFunction)(void (*)(void))collector_send, METH_FASTCALL | METH_KEYWORDS,
+     "send(record, n=1) -> bool\n--\n\n"
+     "Enqueue one record (or a Batch of n); never raises. Under drop_newest this\n"
+     "never blocks; under block it waits up to block_timeout for room. A record\n"
+     "that cannot be enqueued is dropped and counted."},
+    {NULL},
+};
+
+static PyTypeObject CollectorBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "collectors._speedups.CollectorBase",
+    .tp_basicsize = sizeof(CollectorBase),
+    .tp_dealloc = (destructor)collector_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The compiled part of collectors.base.Collector: send().",
+    .tp_traverse = (traverseproc)collector_traverse,
+    .tp_clear = (inquiry)collector_clear,
+    .tp_methods = collector_methods,
+    .tp_members = collector_members,
+    .tp_getset = collector_getset,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ------------------------------------------------------------------------ */
+/* SpanBase: the slots of tracing.Span                                      */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *perf_start, *service, *token, *attributes, *correlation_id, *end_ns, *events,
+        *identity, *kind, *name, *outbox, *parent, *request_id, *sampled, *span_id, *start_ns,
+        *status, *tenant_id, *trace_id;
+} SpanBase;
+
+static PyTypeObject SpanBaseType;
+static PyTypeObject TracerBaseType;
+
+#define SPAN_FIELDS(X)                                                                         \
+    X(perf_start) X(service) X(token) X(attributes) X(correlation_id) X(end_ns) X(events)      \
+    X(identity) X(kind) X(name) X(outbox) X(parent) X(request_id) X(sampled) X(span_id)         \
+    X(start_ns) X(status) X(tenant_id) X(trace_id)
+
+static int span_traverse(SpanBase *self, visitproc visit, void *arg) {
+#define VISIT(f) Py_VISIT(self->f);
+    SPAN_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int span_clear(SpanBase *self) {
+#define CLEAR(f) Py_CLEAR(self->f);
+    SPAN_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+static void span_dealloc(SpanBase *self) {
+    PyObject_GC_UnTrack(self);
+    span_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *finish_span(PyObject *tracer, SpanBase *span, PyObject *status, PyObject *error,
+                             PyObject *latency_metric, PyObject *labels);
+
+static PyObject *span_enter(PyObject *self, PyObject *unused) { return Py_NewRef(self); }
+
+/* Leaving a `with` block ends a live span (an escaping exception marks it). */
+static PyObject *span_exit(SpanBase *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "__exit__ takes exc_type, exc and tb");
+        return NULL;
+    }
+    if (self->end_ns != NULL) {
+        int ended = PyObject_IsTrue(self->end_ns);
+        if (ended < 0) return NULL;
+        if (ended) Py_RETURN_NONE;
+    }
+    PyObject *service = self->service;
+    if (service == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "span was not started by a TracingService");
+        return NULL;
+    }
+    PyObject *result;
+    Py_INCREF(service);
+    if (PyObject_TypeCheck(service, &TracerBaseType)) {
+        result = finish_span(service, self, Py_None, args[1], Py_None, empty_tuple);
+    } else {
+        result = PyObject_CallMethod(service, "finish", "OOO", (PyObject *)self, Py_None,
+                                     args[1]);
+    }
+    Py_DECREF(service);
+    if (result == NULL) return NULL;
+    Py_DECREF(result);
+    Py_RETURN_NONE;
+}
+
+#define SPAN_MEMBER(f, pyname)                                                                  \
+    {pyname, T_OBJECT_EX, offsetof(SpanBase, f), 0, NULL},
+
+static PyMemberDef span_members[] = {
+    SPAN_MEMBER(perf_start, "_perf_start")
+    SPAN_MEMBER(service, "_service")
+    SPAN_MEMBER(token, "_token")
+    SPAN_MEMBER(attributes, "attributes")
+    SPAN_MEMBER(correlation_id, "correlation_id")
+    SPAN_MEMBER(end_ns, "end_ns")
+    SPAN_MEMBER(events, "events")
+    SPAN_MEMBER(identity, "identity")
+    SPAN_MEMBER(kind, "kind")
+    SPAN_MEMBER(name, "name")
+    SPAN_MEMBER(outbox, "outbox")
+    SPAN_MEMBER(parent, "parent")
+    SPAN_MEMBER(request_id, "request_id")
+    SPAN_MEMBER(sampled, "sampled")
+    SPAN_MEMBER(span_id, "span_id")
+    SPAN_MEMBER(start_ns, "start_ns")
+    SPAN_MEMBER(status, "status")
+    SPAN_MEMBER(tenant_id, "tenant_id")
+    SPAN_MEMBER(trace_id, "trace_id")
+    {NULL},
+};
+
+static PyMethodDef span_methods[] = {
+    {"__enter__", (PyCFunction)span_enter, METH_NOARGS, NULL},
+    {"__exit__", (PyCFunction)(void (*)(void))span_exit, METH_FASTCALL, NULL},
+    {NULL},
+};
+
+static PyTypeObject SpanBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "collectors._speedups.SpanBase",
+    .tp_basicsize = sizeof(SpanBase),
+    .tp_dealloc = (destructor)span_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The slots of a span, and its `with` protocol (compiled).",
+    .tp_traverse = (traverseproc)span_traverse,
+    .tp_clear = (inquiry)span_clear,
+    .tp_methods = span_methods,
+    .tp_members = span_members,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ------------------------------------------------------------------------ */
+/* TracerBase: TracingService's span start and end                          */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *current;      /* `_current`: the ContextVar of the current span */
+    PyObject *rng;          /* `_rng`: random.Random (replaced after fork) */
+    PyObject *collector;    /* `_collector`: the trace actor, or None */
+    PyObject *metrics;      /* `_metrics`: the metrics actor, or None */
+    PyObject *sample_bound; /* `_sample_bound`: int */
+    PyObject *span_type;    /* `_span_type`: tracing.Span (a SpanBase subclass) */
+    PyObject *context_type; /* `_context_type`: tracing.SpanContext */
+} TracerBase;
+
+static int tracer_traverse(TracerBase *self, visitproc visit, void *arg) {
+    Py_VISIT(self->current);
+    Py_VISIT(self->rng);
+    Py_VISIT(self->collector);
+    Py_VISIT(self->metrics);
+    Py_VISIT(self->sample_bound);
+    Py_VISIT(self->span_type);
+    Py_VISIT(self->context_type);
+    return 0;
+}
+
+static int tracer_clear(TracerBase *self) {
+    Py_CLEAR(self->current);
+    Py_CLEAR(self->rng);
+    Py_CLEAR(self->collector);
+    Py_CLEAR(self->metrics);
+    Py_CLEAR(self->sample_bound);
+    Py_CLEAR(self->span_type);
+    Py_CLEAR(self->context_type);
+    return 0;
+}
+
+static void tracer_dealloc(TracerBase *self) {
+    PyObject_GC_UnTrack(self);
+    tracer_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static int tracer_ready(TracerBase *self) {
+    if (self->current == NULL || self->rng == NULL || self->span_type == NULL ||
+        self->context_type == NULL || self->sample_bound == NULL ||
+        !PyType_Check(self->span_type) ||
+        !PyType_IsSubtype((PyTypeObject *)self->span_type, &SpanBaseType)) {
+        PyErr_SetString(PyExc_RuntimeError, "TracingService is not initialised");
+        return 0;
+    }
+    return 1;
+}
+
+/* A random id of `bits` bits, never 0 (`getrandbits(bits) or 1`). */
+static PyObject *random_id(TracerBase *self, PyObject *bits) {
+    PyObject *rng = Py_NewRef(self->rng);
+    PyObject *value = PyObject_CallMethodOneArg(rng, s_getrandbits, bits);
+    Py_DECREF(rng);
+    if (value == NULL) return NULL;
+    int nonzero = PyObject_IsTrue(value);
+    if (nonzero < 0) {
+        Py_DECREF(value);
+        return NULL;
+    }
+    if (!nonzero) {
+        Py_DECREF(value);
+        return Py_NewRef(one);
+    }
+    return value;
+}
+
+static long long as_ll(PyObject *value, int *failed) {
+    long long result = value == NULL ? -1 : PyLong_AsLongLong(value);
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "span clock slot not set");
+        *failed = 1;
+    } else if (result == -1 && PyErr_Occurred()) {
+        *failed = 1;
+    }
+    return result;
+}
+
+/* The outbox to join: the parent's when it is open, else None. */
+static PyObject *open_outbox(PyObject *outbox) {
+    if (outbox == NULL || outbox == Py_None) return Py_NewRef(Py_None);
+    PyObject *is_open = PyObject_GetAttr(outbox, s_open);
+    if (is_open == NULL) return NULL;
+    int open = PyObject_IsTrue(is_open);
+    Py_DECREF(is_open);
+    if (open < 0) return NULL;
+    return Py_NewRef(open ? outbox : Py_None);
+}
+
+/* A new span: a child of `parent` (a live local span) or, with parent None, a
+   root of a new trace. Made current in this context. */
+static PyObject *new_span(TracerBase *self, PyObject *name, PyObject *kind, PyObject *parent) {
+    PyTypeObject *type = (PyTypeObject *)self->span_type;
+    SpanBase *span = (SpanBase *)type->tp_alloc(type, 0);
+    if (span == NULL) return NULL;
+    long long now;
+    span->name = Py_NewRef(name);
+    span->kind = Py_NewRef(kind);
+    span->attributes = Py_NewRef(Py_None);
+    span->events = Py_NewRef(Py_None);
+    span->status = Py_NewRef(s_unset);
+    span->end_ns = Py_NewRef(zero);
+    span->service = Py_NewRef((PyObject *)self);
+    span->parent = Py_NewRef(parent);
+    if (parent == Py_None) {
+        span->trace_id = random_id(self, bits128);
+        if (span->trace_id == NULL) goto fail;
+        PyObject *low = PyNumber_And(span->trace_id, mask64);
+        if (low == NULL) goto fail;
+        int sampled = PyObject_RichCompareBool(low, self->sample_bound, Py_LT);
+        Py_DECREF(low);
+        if (sampled < 0) goto fail;
+        span->sampled = Py_NewRef(sampled ? Py_True : Py_False);
+        span->tenant_id = Py_NewRef(Py_None);
+        span->correlation_id = Py_NewRef(Py_None);
+        span->request_id = Py_NewRef(Py_None);
+        span->identity = Py_NewRef(empty_tuple);
+        span->outbox = Py_NewRef(Py_None);
+        span->span_id = random_id(self, bits64);
+        if (span->span_id == NULL) goto fail;
+        long long wall;
+        if (wall_ns(&wall) < 0 || perf_ns(&now) < 0) goto fail;
+        span->start_ns = PyLong_FromLongLong(wall);
+    } else {
+        SpanBase *p = (SpanBase *)parent;
+        if (p->trace_id == NULL || p->sampled == NULL || p->identity == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "parent span is not initialised");
+            goto fail;
+        }
+        span->trace_id = Py_NewRef(p->trace_id);
+        span->sampled = Py_NewRef(p->sampled);
+        span->tenant_id = Py_NewRef(p->tenant_id ? p->tenant_id : Py_None);
+        span->correlation_id = Py_NewRef(p->correlation_id ? p->correlation_id : Py_None);
+        span->request_id = Py_NewRef(p->request_id ? p->request_id : Py_None);
+        span->identity = Py_NewRef(p->identity);
+        span->outbox = open_outbox(p->outbox);
+        if (span->outbox == NULL) goto fail;
+        span->span_id = random_id(self, bits64);
+        if (span->span_id == NULL) goto fail;
+        /* One clock read: the start on the wall clock is the parent's plus the
+           monotonic time since (a trace stays consistent if the wall clock steps). */
+        int failed = 0;
+        long long parent_start = as_ll(p->start_ns, &failed);
+        long long parent_perf = failed ? 0 : as_ll(p->perf_start, &failed);
+        if (failed || perf_ns(&now) < 0) goto fail;
+        span->start_ns = PyLong_FromLongLong(parent_start + (now - parent_perf));
+    }
+    if (span->start_ns == NULL) goto fail;
+    span->perf_start = PyLong_FromLongLong(now);
+    if (span->perf_start == NULL) goto fail;
+    span->token = PyContextVar_Set(self->current, (PyObject *)span);
+    if (span->token == NULL) goto fail;
+    return (PyObject *)span;
+fail:
+    Py_DECREF(span);
+    return NULL;
+}
+
+/* TracingService.start_child_span(name, kind): the node wrapper's start. */
+static PyObject *tracer_start_child(TracerBase *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "start_child_span() takes a name and a kind");
+        return NULL;
+    }
+    if (!tracer_ready(self)) return NULL;
+    PyObject *parent = NULL;
+    if (PyContextVar_Get(self->current, Py_None, &parent) < 0) return NULL;
+    if ((PyObject *)Py_TYPE(parent) != self->span_type) {
+        Py_DECREF(parent);
+        /* no local span current: the checked path, start_span_sync(name, kind=kind) */
+        PyObject *kwnames = PyTuple_Pack(1, s_kind);
+        if (kwnames == NULL) return NULL;
+        PyObject *call[3] = {(PyObject *)self, args[0], args[1]};
+        PyObject *result = PyObject_VectorcallMethod(
+            s_start_span_py, call, 2 | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+        Py_DECREF(kwnames);
+        return result;
+    }
+    PyObject *span = new_span(self, args[0], args[1], parent);
+    Py_DECREF(parent);
+    return span;
+}
+
+/* TracingService.start_span_sync(name, *, kind=..., ...): the common calls
+   (`name` and at most `kind`, no remote parent current) here; every other call
+   to the Python implementation, which checks and handles all arguments. */
+static PyObject *tracer_start_span(TracerBase *self, PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames) {
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *kind = s_internal;
+    int simple = nargs == 1 && nkw <= 1;
+    if (simple && nkw == 1) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, 0);
+        if (key == s_kind || PyUnicode_Compare(key, s_kind) == 0) {
+            kind = args[1];
+        } else {
+            if (PyErr_Occurred()) return NULL;
+            simple = 0;
+        }
+    }
+    if (simple) {
+        PyObject *name = args[0];
+        simple = PyUnicode_CheckExact(name) && PyUnicode_GET_LENGTH(name) > 0 &&
+                 PyUnicode_CheckExact(kind);
+        if (simple) {
+            int known = PySet_Contains(kinds, kind);
+            if (known < 0) return NULL;
+            simple = known;
+        }
+    }
+    if (simple) {
+        if (!tracer_ready(self)) return NULL;
+        PyObject *parent = NULL;
+        if (PyContextVar_Get(self->current, Py_None, &parent) < 0) return NULL;
+        if (parent == Py_None || (PyObject *)Py_TYPE(parent) == self->span_type) {
+            PyObject *span = new_span(self, args[0], kind, parent);
+            Py_DECREF(parent);
+            return span;
+        }
+        Py_DECREF(parent); /* a remote parent: the Python path */
+    }
+    PyObject *stack[16];
+    if (nargs + nkw + 1 > 16) {
+        PyErr_SetString(PyExc_TypeError, "start_span_sync() got too many arguments");
+        return NULL;
+    }
+    stack[0] = (PyObject *)self;
+    for (Py_ssize_t i = 0; i < nargs + nkw; i++) stack[i + 1] = args[i];
+    return PyObject_VectorcallMethod(s_start_span_py, stack,
+                                     (nargs + 1) | PY_VECTORCALL_ARGUMENTS_OFFSET, kwnames);
+}
+
+/* Append `item` to the list attribute `attr` of `outbox`; its new length, or -1. */
+static Py_ssize_t outbox_append(PyObject *outbox, PyObject *attr, PyObject *item) {
+    PyObject *list = PyObject_GetAttr(outbox, attr);
+    if (list == NULL) return -1;
+    Py_ssize_t length = -1;
+    if (PyList_CheckExact(list)) {
+        if (PyList_Append(list, item) == 0) length = PyList_GET_SIZE(list);
+    } else {
+        PyObject *r = PyObject_CallMethodOneArg(list, s_append, item);
+        if (r != NULL) {
+            Py_DECREF(r);
+            length = PyObject_Length(list);
+        }
+    }
+    Py_DECREF(list);
+    return length;
+}
+
+static Py_ssize_t attr_length(PyObject *owner, PyObject *attr) {
+    PyObject *value = PyObject_GetAttr(owner, attr);
+    if (value == NULL) return -1;
+    Py_ssize_t length = PyObject_Length(value);
+    Py_DECREF(value);
+    return length;
+}
+
+/* The record's parent span id: 0 for a root. */
+static PyObject *parent_span_id(PyObject *parent) {
+    if (parent == NULL || parent == Py_None) return Py_NewRef(zero);
+    if (PyObject_TypeCheck(parent, &SpanBaseType)) {
+        PyObject *id = ((SpanBase *)parent)->span_id;
+        if (id == NULL) {
+            PyErr_SetString(PyExc_AttributeError, "parent span has no span_id");
+            return NULL;
+        }
+        return Py_NewRef(id);
+    }
+    return PyObject_GetAttr(parent, s_span_id);
+}
+
+/* TracingService.finish for a span with no attributes, events or error;
+   anything else goes to `_finish_py`. */
+static PyObject *finish_span(PyObject *tracer, SpanBase *span, PyObject *status, PyObject *error,
+                             PyObject *latency_metric, PyObject *labels) {
+    TracerBase *self = (TracerBase *)tracer;
+    int plain = error == Py_None && (span->attributes == NULL || span->attributes == Py_None ||
+                                     (PyDict_CheckExact(span->attributes) &&
+                                      PyDict_GET_SIZE(span->attributes) == 0));
+    if (plain && span->events != NULL && span->events != Py_None) {
+        int has_events = PyObject_IsTrue(span->events);
+        if (has_events < 0) return NULL;
+        plain = !has_events;
+    }
+    if (!plain || !tracer_ready(self) || span->start_ns == NULL || span->identity == NULL) {
+        if (PyErr_Occurred()) return NULL;
+        PyObject *call[6] = {tracer, (PyObject *)span, status, error, latency_metric, labels};
+        return PyObject_VectorcallMethod(s_finish_py, call, 6 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                         NULL);
+    }
+    int failed = 0;
+    long long start = as_ll(span->start_ns, &failed);
+    long long perf_start = failed ? 0 : as_ll(span->perf_start, &failed);
+    long long now;
+    if (failed || perf_ns(&now) < 0) return NULL;
+    long long end = start + (now - perf_start);
+    PyObject *end_obj = PyLong_FromLongLong(end);
+    if (end_obj == NULL) return NULL;
+    Py_XSETREF(span->end_ns, end_obj);
+
+    PyObject *current = NULL;
+    if (PyContextVar_Get(self->current, Py_None, &current) < 0) return NULL;
+    int is_current = current == (PyObject *)span;
+    Py_DECREF(current);
+    if (is_current) {
+        if (span->token == NULL || PyContextVar_Reset(self->current, span->token) < 0) {
+            /* ended in another context than it started in */
+            if (span->token != NULL && !PyErr_ExceptionMatches(PyExc_ValueError)) return NULL;
+            PyErr_Clear();
+            PyObject *token = PyContextVar_Set(self->current,
+                                               span->parent ? span->parent : Py_None);
+            if (token == NULL) return NULL;
+            Py_DECREF(token);
+        }
+    }
+    if (status == Py_None) {
+        status = span->status ? span->status : s_unset;
+        if (status == s_unset || PyUnicode_Compare(status, s_unset) == 0) status = s_ok;
+        if (PyErr_Occurred()) return NULL;
+    }
+    Py_INCREF(status);
+    Py_XSETREF(span->status, status);
+
+    PyObject *parent = span->parent ? span->parent : Py_None;
+    Py_INCREF(parent);
+    PyObject *result = NULL, *record = NULL, *metric = NULL, *outbox = NULL;
+    PyObject *parent_id = parent_span_id(parent);
+    if (parent_id == NULL) goto done;
+    int remote = 0;
+    if ((PyObject *)Py_TYPE(parent) == self->context_type) {
+        PyObject *flag = PyObject_GetAttr(parent, s_remote);
+        if (flag == NULL) goto done;
+        remote = PyObject_IsTrue(flag);
+        Py_DECREF(flag);
+        if (remote < 0) goto done;
+    }
+    if (span->trace_id == NULL || span->span_id == NULL || span->name == NULL ||
+        span->kind == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "span is not initialised");
+        goto done;
+    }
+    record = PyTuple_Pack(13, span->trace_id, span->span_id, parent_id, span->name, span->kind,
+                          span->start_ns, span->end_ns, status, Py_None, Py_None, span->identity,
+                          empty_tuple, remote ? Py_True : Py_False);
+    if (record == NULL) goto done;
+    if (latency_metric != Py_None) {
+        PyObject *seconds = float_from_ns(end - start);
+        if (seconds == NULL) goto done;
+        metric = PyTuple_Pack(3, latency_metric, labels, seconds);
+        Py_DECREF(seconds);
+        if (metric == NULL) goto done;
+    }
+    int sampled = span->sampled == Py_True;
+    outbox = open_outbox(span->outbox);
+    if (outbox == NULL) goto done;
+    if (outbox != Py_None) {
+        Py_ssize_t spans = 0, metrics = 0;
+        if (sampled && (spans = outbox_append(outbox, s_spans, record)) < 0) goto done;
+        if (metric != NULL) {
+            if ((metrics = outbox_append(outbox, s_metrics, metric)) < 0) goto done;
+        }
+        int owner = !PyObject_TypeCheck(parent, &SpanBaseType) ||
+                    ((SpanBase *)parent)->outbox != outbox;
+        int send = owner;
+        if (owner) {
+            if (PyObject_SetAttr(outbox, s_open, Py_False) < 0) goto done;
+        } else {
+            PyObject *still = open_outbox(outbox);
+            if (still == NULL) goto done;
+            send = still == Py_None; /* closed by the root meanwhile */
+            Py_DECREF(still);
+            if (!send) {
+                PyObject *limit_obj = PyObject_GetAttr(outbox, s_limit);
+                if (limit_obj == NULL) goto done;
+                Py_ssize_t limit = PyLong_AsSsize_t(limit_obj);
+                Py_DECREF(limit_obj);
+                if (limit == -1 && PyErr_Occurred()) goto done;
+                if (!sampled && (spans = attr_length(outbox, s_spans)) < 0) goto done;
+                if (metric == NULL && (metrics = attr_length(outbox, s_metrics)) < 0) goto done;
+                send = spans + metrics >= limit; /* a long run */
+            }
+        }
+        if (send) {
+            PyObject *r = PyObject_CallMethodOneArg(tracer, s_send_outbox, outbox);
+            if (r == NULL) goto done;
+            Py_DECREF(r);
+        }
+    } else { /* not batched, or ending after its root */
+        if (sampled && self->collector != NULL && self->collector != Py_None &&
+            collector_send_one(self->collector, record) < 0) {
+            goto done;
+        }
+        if (metric != NULL && self->metrics != NULL && self->metrics != Py_None &&
+            collector_send_one(self->metrics, metric) < 0) {
+            goto done;
+        }
+    }
+    result = Py_NewRef(record);
+done:
+    Py_XDECREF(outbox);
+    Py_XDECREF(metric);
+    Py_XDECREF(record);
+    Py_XDECREF(parent_id);
+    Py_DECREF(parent);
+    return result;
+}
+
+static PyObject *tracer_finish(TracerBase *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames) {
+    static const char *const names[] = {"span", "status", "error", "latency_metric", "labels"};
+    PyObject *values[5] = {NULL, Py_None, Py_None, Py_None, empty_tuple};
+    if (nargs > 5) {
+        PyErr_SetString(PyExc_TypeError, "finish() takes at most 5 arguments");
+        return NULL;
+    }
+    for (Py_ssize_t i = 0; i < nargs; i++) values[i] = args[i];
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i);
+        int found = 0;
+        for (int j = 0; j < 5; j++) {
+            if (PyUnicode_CompareWithASCIIString(key, names[j]) == 0) {
+                if (j < nargs) {
+                    PyErr_Format(PyExc_TypeError, "finish() got multiple values for %R", key);
+                    return NULL;
+                }
+                values[j] = args[nargs + i];
+                found = 1;
+                break;
+            }
+        }
+        if (!found) {
+            PyErr_Format(PyExc_TypeError, "finish() got an unexpected keyword argument %R", key);
+            return NULL;
+        }
+    }
+    if (values[0] == NULL) {
+        PyErr_SetString(PyExc_TypeError, "finish() missing the span");
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(values[0], &SpanBaseType)) {
+        PyObject *call[6] = {(PyObject *)self, values[0], values[1], values[2], values[3],
+                             values[4]};
+        return PyObject_VectorcallMethod(s_finish_py, call, 6 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                         NULL);
+    }
+    return finish_span((PyObject *)self, (SpanBase *)values[0], values[1], values[2], values[3],
+                       values[4]);
+}
+
+static PyMemberDef tracer_members[] = {
+    {"_current", T_OBJECT, offsetof(TracerBase, current), 0, NULL},
+    {"_rng", T_OBJECT, offsetof(TracerBase, rng), 0, NULL},
+    {"_collector", T_OBJECT, offsetof(TracerBase, collector), 0, NULL},
+    {"_metrics", T_OBJECT, offsetof(TracerBase, metrics), 0, NULL},
+    {"_sample_bound", T_OBJECT, offsetof(TracerBase, sample_bound), 0, NULL},
+    {"_span_type", T_OBJECT, offsetof(TracerBase, span_type), 0, NULL},
+    {"_context_type", T_OBJECT, offsetof(TracerBase, context_type), 0, NULL},
+    {NULL},
+};
+
+static PyMethodDef tracer_methods[] = {
+    {"start_span_sync", (PyCFunction)(void (*)(void))tracer_start_span,
+     METH_FASTCALL | METH_KEYWORDS, NULL},
+    {"span", (PyCFunction)(void (*)(void))tracer_start_span, METH_FASTCALL | METH_KEYWORDS,
+     NULL},
+    {"start_child_span", (PyCFunction)(void (*)(void))tracer_start_child, METH_FASTCALL, NULL},
+    {"finish", (PyCFunction)(void (*)(void))tracer_finish, METH_FASTCALL | METH_KEYWORDS, NULL},
+    {NULL},
+};
+
+static PyTypeObject TracerBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "collectors._speedups.TracerBase",
+    .tp_basicsize = sizeof(TracerBase),
+    .tp_dealloc = (destructor)tracer_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The compiled part of TracingService: span start and end.",
+    .tp_traverse = (traverseproc)tracer_traverse,
+    .tp_clear = (inquiry)tracer_clear,
+    .tp_methods = tracer_methods,
+    .tp_members = tracer_members,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ------------------------------------------------------------------------ */
+/* MetricsBase: MetricsCollector.increment / observe_latency                */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *valid_counters;   /* `_valid_counters`: (metric, labels) -> labels */
+    PyObject *valid_histograms; /* `_valid_histograms` */
+    PyObject *collector;        /* `_collector`: the metrics actor */
+} MetricsBase;
+
+static int metrics_traverse(MetricsBase *self, visitproc visit, void *arg) {
+    Py_VISIT(self->valid_counters);
+    Py_VISIT(self->valid_histograms);
+    Py_VISIT(self->collector);
+    return 0;
+}
+
+static int metrics_clear(MetricsBase *self) {
+    Py_CLEAR(self->valid_counters);
+    Py_CLEAR(self->valid_histograms);
+    Py_CLEAR(self->collector);
+    return 0;
+}
+
+static void metrics_dealloc(MetricsBase *self) {
+    PyObject_GC_UnTrack(self);
+    metrics_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *type_name_error(const char *what, PyObject *value) {
+    PyErr_Format(PyExc_TypeError, what, Py_TYPE(value)->tp_name);
+    return NULL;
+}
+
+/* The value checks of increment (counter) and observe_latency, with the
+   Python facade's messages. 0 if valid, -1 with an exception set. */
+static int check_value(PyObject *value, int counter) {
+    if (PyFloat_CheckExact(value)) {
+        double d = PyFloat_AS_DOUBLE(value);
+        if (d >= 0.0 && d <= DBL_MAX) return 0;
+        PyObject *r = PyObject_Repr(value);
+        if (r == NULL) return -1;
+        PyErr_Format(PyExc_ValueError,
+                     counter ? "amount must be finite and >= 0, got %U"
+                             : "latency must be finite and >= 0 seconds, got %U",
+                     r);
+        Py_DECREF(r);
+        return -1;
+    }
+    if (PyLong_CheckExact(value)) {
+        int ok;
+        if (_PyLong_Sign(value) < 0) {
+            ok = 0;
+        } else if (_PyLong_NumBits(value) <= 1000) {
+            ok = 1;
+        } else { /* an int past the float range would fail in the store's float sums */
+            ok = PyObject_RichCompareBool(value, float_max_int, Py_LE);
+            if (ok < 0) return -1;
+        }
+        if (ok) return 0;
+        PyObject *r = PyObject_Repr(value);
+        if (r == NULL) return -1;
+        PyErr_Format(PyExc_ValueError,
+                     counter ? "amount must be finite and >= 0, got %U"
+                             : "latency must be finite and >= 0 seconds, got %U",
+                     r);
+        Py_DECREF(r);
+        return -1;
+    }
+    type_name_error(counter ? "amount must be an int or float, got %s"
+                            : "latency must be a float (seconds), got %s",
+                    value);
+    return -1;
+}
+
+static PyObject *record_metric(MetricsBase *self, PyObject *const *args, Py_ssize_t nargs,
+                               PyObject *kwnames, int counter) {
+    const char *fn = counter ? "increment" : "observe_latency";
+    if (nargs < (counter ? 1 : 2) || nargs > 2) {
+        PyErr_Format(PyExc_TypeError,
+                     counter ? "%s() takes a metric, an optional amount and labels as keywords"
+                             : "%s() takes a metric, seconds and labels as keywords",
+                     fn);
+        return NULL;
+    }
+    PyObject *cache = counter ? self->valid_counters : self->valid_histograms;
+    if (cache == NULL || !PyDict_Check(cache) || self->collector == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "MetricsCollector is not initialised");
+        return NULL;
+    }
+    PyObject *metric = args[0];
+    PyObject *value = nargs == 2 ? args[1] : one;
+    Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
+    PyObject *pairs = PyTuple_New(nkw);
+    if (pairs == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < nkw; i++) {
+        PyObject *pair = PyTuple_Pack(2, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]);
+        if (pair == NULL) {
+            Py_DECREF(pairs);
+            return NULL;
+        }
+        PyTuple_SET_ITEM(pairs, i, pair);
+    }
+    PyObject *key = PyTuple_Pack(2, metric, pairs);
+    Py_DECREF(pairs);
+    if (key == NULL) return NULL;
+    Py_INCREF(cache);
+    PyObject *known = PyDict_GetItemWithError(cache, key); /* borrowed */
+    Py_XINCREF(known);
+    Py_DECREF(cache);
+    Py_DECREF(key);
+    if (known == NULL) {
+        /* not validated yet, or unhashable: the full check */
+        if (PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError)) return NULL;
+            PyErr_Clear();
+        }
+        PyObject *labels = PyDict_New();
+        if (labels == NULL) return NULL;
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            if (PyDict_SetItem(labels, PyTuple_GET_ITEM(kwnames, i), args[nargs + i]) < 0) {
+                Py_DECREF(labels);
+                return NULL;
+            }
+        }
+        PyObject *kw = PyTuple_Pack(1, s_counter);
+        if (kw == NULL) {
+            Py_DECREF(labels);
+            return NULL;
+        }
+        PyObject *call[5] = {(PyObject *)self, metric, value, labels,
+                             counter ? Py_True : Py_False};
+        known = PyObject_VectorcallMethod(s_validate, call, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET,
+                                          kw);
+        Py_DECREF(kw);
+        Py_DECREF(labels);
+        if (known == NULL) return NULL;
+    }
+    if (check_value(value, counter) < 0) {
+        Py_DECREF(known);
+        return NULL;
+    }
+    PyObject *record = PyTuple_Pack(3, metric, known, value); /* a plain tuple: records.py */
+    Py_DECREF(known);
+    if (record == NULL) return NULL;
+    PyObject *collector = Py_NewRef(self->collector);
+    int failed = collector_send_one(collector, record);
+    Py_DECREF(collector);
+    Py_DECREF(record);
+    if (failed) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *metrics_increment(MetricsBase *self, PyObject *const *args, Py_ssize_t nargs,
+                                   PyObject *kwnames) {
+    return record_metric(self, args, nargs, kwnames, 1);
+}
+
+static PyObject *metrics_observe(MetricsBase *self, PyObject *const *args, Py_ssize_t nargs,
+                                 PyObject *kwnames) {
+    return record_metric(self, args, nargs, kwnames, 0);
+}
+
+static PyMemberDef metrics_members[] = {
+    {"_valid_counters", T_OBJECT, offsetof(MetricsBase, valid_counters), 0, NULL},
+    {"_valid_histograms", T_OBJECT, offsetof(MetricsBase, valid_histograms), 0, NULL},
+    {"_collector", T_OBJECT, offsetof(MetricsBase, collector), 0, NULL},
+    {NULL},
+};
+
+static PyMethodDef metrics_methods[] = {
+    {"increment", (PyCFunction)(void (*)(void))metrics_increment, METH_FASTCALL | METH_KEYWORDS,
+     "increment(metric, amount=1, /, **labels)\n--\n\n"
+     "Add amount to a counter series (see MetricsCollector.increment)."},
+    {"observe_latency", (PyCFunction)(void (*)(void))metrics_observe,
+     METH_FASTCALL | METH_KEYWORDS,
+     "observe_latency(metric, seconds, /, **labels)\n--\n\n"
+     "Observe one latency, in seconds, in a histogram (see MetricsCollector.observe_latency)."},
+    {"observe", (PyCFunction)(void (*)(void))metrics_observe, METH_FASTCALL | METH_KEYWORDS,
+     "observe(metric, value, /, **labels)\n--\n\n"
+     "observe_latency under the general name, for histograms that are not latencies."},
+    {NULL},
+};
+
+static PyTypeObject MetricsBaseType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "collectors._speedups.MetricsBase",
+    .tp_basicsize = sizeof(MetricsBase),
+    .tp_dealloc = (destructor)metrics_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The compiled part of MetricsCollector: increment and observe_latency.",
+    .tp_traverse = (traverseproc)metrics_traverse,
+    .tp_clear = (inquiry)metrics_clear,
+    .tp_methods = metrics_methods,
+    .tp_members = metrics_members,
+    .tp_new = PyType_GenericNew,
+};
+
+/* ------------------------------------------------------------------------ */
+
+static struct PyModuleDef speedups_module = {
+    PyModuleDef_HEAD_INIT, "collectors._speedups",
+    "The compiled hot path of the observability pipeline (see collectors/hotpath.py).", -1,
+    NULL,
+};
+
+#define INTERN(var, text)                                                                       \
+    if ((var = PyUnicode_InternFromString(text)) == NULL) return NULL;
+
+PyMODINIT_FUNC PyInit__speedups(void) {
+    INTERN(s_ok, "ok")
+    INTERN(s_unset, "unset")
+    INTERN(s_open, "open")
+    INTERN(s_spans, "spans")
+    INTERN(s_metrics, "metrics")
+    INTERN(s_limit, "limit")
+    INTERN(s_append, "append")
+    INTERN(s_getrandbits, "getrandbits")
+    INTERN(s_wake_at, "_wake_at")
+    INTERN(s_wake, "_wake")
+    INTERN(s_offer, "offer")
+    INTERN(s_send_slow, "_send_slow")
+    INTERN(s_send_outbox, "send_outbox")
+    INTERN(s_start_span_py, "_start_span_py")
+    INTERN(s_finish_py, "_finish_py")
+    INTERN(s_validate, "_validate")
+    INTERN(s_counter, "counter")
+    INTERN(s_kind, "kind")
+    INTERN(s_remote, "remote")
+    INTERN(s_span_id, "span_id")
+    INTERN(s_internal, "internal")
+    INTERN(s_queue, "_queue")
+    INTERN(s_yield_at, "_yield_at")
+    INTERN(s_send, "send")
+    if ((empty_tuple = PyTuple_New(0)) == NULL) return NULL;
+    if ((zero = PyLong_FromLong(0)) == NULL) return NULL;
+    if ((one = PyLong_FromLong(1)) == NULL) return NULL;
+    if ((bits64 = PyLong_FromLong(64)) == NULL) return NULL;
+    if ((bits128 = PyLong_FromLong(128)) == NULL) return NULL;
+    if ((mask64 = PyLong_FromUnsignedLongLong(0xFFFFFFFFFFFFFFFFULL)) == NULL) return NULL;
+    if ((float_max_int = PyLong_FromDouble(DBL_MAX)) == NULL) return NULL;
+    kinds = PyFrozenSet_New(NULL);
+    if (kinds == NULL) return NULL;
+    const char *kind_names[] = {"workflow", "node", "generation", "internal"};
+    for (int i = 0; i < 4; i++) {
+        PyObject *k = PyUnicode_InternFromString(kind_names[i]);
+        if (k == NULL || PySet_Add(kinds, k) < 0) return NULL;
+        Py_DECREF(k);
+    }
+    PyObject *time_module = PyImport_ImportModule("time");
+    if (time_module == NULL) return NULL;
+    time_ns_fn = PyObject_GetAttrString(time_module, "time_ns");
+    perf_counter_ns_fn = PyObject_GetAttrString(time_module, "perf_counter_ns");
+    Py_DECREF(time_module);
+    if (time_ns_fn == NULL || perf_counter_ns_fn == NULL) return NULL;
+
+    if (PyType_Ready(&CollectorBaseType) < 0 || PyType_Ready(&SpanBaseType) < 0 ||
+        PyType_Ready(&TracerBaseType) < 0 || PyType_Ready(&MetricsBaseType) < 0) {
+        return NULL;
+    }
+    PyObject *m = PyModule_Create(&speedups_module);
+    if (m == NULL) return NULL;
+    if (PyModule_AddObjectRef(m, "CollectorBase", (PyObject *)&CollectorBaseType) < 0 ||
+        PyModule_AddObjectRef(m, "SpanBase", (PyObject *)&SpanBaseType) < 0 ||
+        PyModule_AddObjectRef(m, "TracerBase", (PyObject *)&TracerBaseType) < 0 ||
+        PyModule_AddObjectRef(m, "MetricsBase", (PyObject *)&MetricsBaseType) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
