@@ -30,6 +30,7 @@
 #include <Python.h>
 #include <structmember.h>
 #include <float.h>
+#include <math.h>
 #include <time.h>
 
 /* ------------------------------------------------------------------------ */
@@ -1082,6 +1083,394 @@ static PyTypeObject MetricsBaseType = {
 };
 
 /* ------------------------------------------------------------------------ */
+/* The metrics store's series (collectors/metrics.py) and its record applier */
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *value; /* int or float: a counter's running sum */
+} CounterCell;
+
+static int counter_init(CounterCell *self, PyObject *args, PyObject *kwargs) {
+    if (!_PyArg_NoKeywords("CounterCell", kwargs) ||
+        !PyArg_UnpackTuple(args, "CounterCell", 0, 0)) {
+        return -1;
+    }
+    Py_XSETREF(self->value, Py_NewRef(zero));
+    return 0;
+}
+
+static int counter_traverse(CounterCell *self, visitproc visit, void *arg) {
+    Py_VISIT(self->value);
+    return 0;
+}
+
+static int counter_clear(CounterCell *self) {
+    Py_CLEAR(self->value);
+    return 0;
+}
+
+static void counter_dealloc(CounterCell *self) {
+    PyObject_GC_UnTrack(self);
+    counter_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* value += amount; 0 or -1 (unchanged) */
+static int counter_add_value(CounterCell *self, PyObject *amount) {
+    PyObject *sum = PyNumber_Add(self->value ? self->value : zero, amount);
+    if (sum == NULL) return -1;
+    Py_XSETREF(self->value, sum);
+    return 0;
+}
+
+static PyObject *counter_add(CounterCell *self, PyObject *amount) {
+    if (counter_add_value(self, amount) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyMemberDef counter_members[] = {
+    {"value", T_OBJECT_EX, offsetof(CounterCell, value), 0, "The counter's running sum."},
+    {NULL},
+};
+
+static PyMethodDef counter_methods[] = {
+    {"add", (PyCFunction)counter_add, METH_O, "add(amount)\n--\n\nAdd to the running sum."},
+    {NULL},
+};
+
+static PyTypeObject CounterCellType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "collectors._speedups.CounterCell",
+    .tp_basicsize = sizeof(CounterCell),
+    .tp_dealloc = (destructor)counter_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One counter series of the metrics store (compiled).",
+    .tp_traverse = (traverseproc)counter_traverse,
+    .tp_clear = (inquiry)counter_clear,
+    .tp_methods = counter_methods,
+    .tp_members = counter_members,
+    .tp_init = (initproc)counter_init,
+    .tp_new = PyType_GenericNew,
+};
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *bounds;      /* tuple of float upper bounds (without +Inf) */
+    PyObject *bins;        /* dict: sketch bucket index -> count */
+    double *bound_values;  /* the bounds as C doubles */
+    long long *counts;     /* per bucket, the last one +Inf */
+    Py_ssize_t nbounds;
+    double sum, min, max, gamma, inv_log_gamma;
+    Py_ssize_t count, zeros;
+} HistogramCell;
+
+static int histogram_init(HistogramCell *self, PyObject *args, PyObject *kwargs) {
+    static char *names[] = {"bounds", "relative_accuracy", NULL};
+    PyObject *bounds;
+    double accuracy = 0.01;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O|d:HistogramCell", names, &bounds,
+                                     &accuracy)) {
+        return -1;
+    }
+    if (!(accuracy > 0.0 && accuracy < 1.0)) {
+        PyErr_SetString(PyExc_ValueError, "relative_accuracy must be in (0, 1)");
+        return -1;
+    }
+    PyObject *tuple = PySequence_Tuple(bounds);
+    if (tuple == NULL) return -1;
+    Py_ssize_t n = PyTuple_GET_SIZE(tuple);
+    double *values = PyMem_New(double, n > 0 ? n : 1);
+    long long *counts = PyMem_New(long long, n + 1);
+    PyObject *bins = PyDict_New();
+    if (values == NULL || counts == NULL || bins == NULL) {
+        PyMem_Free(values);
+        PyMem_Free(counts);
+        Py_XDECREF(bins);
+        Py_DECREF(tuple);
+        PyErr_NoMemory();
+        return -1;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        values[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(tuple, i));
+        if (values[i] == -1.0 && PyErr_Occurred()) {
+            PyMem_Free(values);
+            PyMem_Free(counts);
+            Py_DECREF(bins);
+            Py_DECREF(tuple);
+            return -1;
+        }
+    }
+    for (Py_ssize_t i = 0; i <= n; i++) counts[i] = 0;
+    PyMem_Free(self->bound_values);
+    PyMem_Free(self->counts);
+    self->bound_values = values;
+    self->counts = counts;
+    self->nbounds = n;
+    Py_XSETREF(self->bounds, tuple);
+    Py_XSETREF(self->bins, bins);
+    self->sum = 0.0;
+    self->count = 0;
+    self->zeros = 0;
+    self->min = Py_HUGE_VAL;
+    self->max = -Py_HUGE_VAL;
+    self->gamma = (1.0 + accuracy) / (1.0 - accuracy);
+    self->inv_log_gamma = 1.0 / log(self->gamma);
+    return 0;
+}
+
+static int histogram_traverse(HistogramCell *self, visitproc visit, void *arg) {
+    Py_VISIT(self->bounds);
+    Py_VISIT(self->bins);
+    return 0;
+}
+
+static int histogram_clear(HistogramCell *self) {
+    Py_CLEAR(self->bounds);
+    Py_CLEAR(self->bins);
+    return 0;
+}
+
+static void histogram_dealloc(HistogramCell *self) {
+    PyObject_GC_UnTrack(self);
+    histogram_clear(self);
+    PyMem_Free(self->bound_values);
+    PyMem_Free(self->counts);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* One observation (validated, finite, >= 0): its bucket, the sum, and the
+   quantile sketch (collectors/_sketch.py). 0, or -1 with nothing changed. */
+static int histogram_observe(HistogramCell *self, double value) {
+    if (self->counts == NULL || self->bins == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "HistogramCell is not initialised");
+        return -1;
+    }
+    if (value > 0.0) { /* the sketch bin first: the one step that can fail */
+        PyObject *index = PyLong_FromDouble(ceil(log(value) * self->inv_log_gamma));
+        if (index == NULL) return -1;
+        PyObject *seen = PyDict_GetItemWithError(self->bins, index); /* borrowed */
+        PyObject *updated = NULL;
+        if (seen != NULL) {
+            updated = PyNumber_Add(seen, one);
+        } else if (!PyErr_Occurred()) {
+            updated = Py_NewRef(one);
+        }
+        int failed = updated == NULL || PyDict_SetItem(self->bins, index, updated) < 0;
+        Py_XDECREF(updated);
+        Py_DECREF(index);
+        if (failed) return -1;
+    } else {
+        self->zeros++;
+    }
+    Py_ssize_t lo = 0, hi = self->nbounds; /* bisect_left(bounds, value) */
+    while (lo < hi) {
+        Py_ssize_t mid = (lo + hi) / 2;
+        if (self->bound_values[mid] < value) lo = mid + 1;
+        else hi = mid;
+    }
+    self->counts[lo]++;
+    self->sum += value;
+    self->count++;
+    if (value < self->min) self->min = value;
+    if (value > self->max) self->max = value;
+    return 0;
+}
+
+/* An observation's value as a double: int or float only (else -2, no error). */
+static int observed_value(PyObject *value, double *out) {
+    if (PyFloat_CheckExact(value)) {
+        *out = PyFloat_AS_DOUBLE(value);
+        return 0;
+    }
+    if (PyLong_CheckExact(value)) {
+        *out = PyLong_AsDouble(value);
+        return (*out == -1.0 && PyErr_Occurred()) ? -1 : 0;
+    }
+    return -2;
+}
+
+static PyObject *histogram_add(HistogramCell *self, PyObject *value) {
+    double d;
+    int kind = observed_value(value, &d);
+    if (kind == -1) return NULL;
+    if (kind == -2) {
+        PyErr_Format(PyExc_TypeError, "an observation must be an int or float, got %s",
+                     Py_TYPE(value)->tp_name);
+        return NULL;
+    }
+    if (histogram_observe(self, d) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *histogram_counts(HistogramCell *self, void *closure) {
+    if (self->counts == NULL) return PyList_New(0);
+    PyObject *list = PyList_New(self->nbounds + 1);
+    if (list == NULL) return NULL;
+    for (Py_ssize_t i = 0; i <= self->nbounds; i++) {
+        PyObject *n = PyLong_FromLongLong(self->counts[i]);
+        if (n == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, n);
+    }
+    return list;
+}
+
+static PyObject *histogram_count(HistogramCell *self, void *closure) {
+    return PyLong_FromSsize_t(self->count);
+}
+
+static PyMemberDef histogram_members[] = {
+    {"bounds", T_OBJECT, offsetof(HistogramCell, bounds), READONLY, "Bucket upper bounds."},
+    {"sum", T_DOUBLE, offsetof(HistogramCell, sum), READONLY, "Sum of the observations."},
+    {"_count", T_PYSSIZET, offsetof(HistogramCell, count), READONLY, NULL},
+    {"_min", T_DOUBLE, offsetof(HistogramCell, min), READONLY, NULL},
+    {"_max", T_DOUBLE, offsetof(HistogramCell, max), READONLY, NULL},
+    {"_zero", T_PYSSIZET, offsetof(HistogramCell, zeros), READONLY, NULL},
+    {"_bins", T_OBJECT, offsetof(HistogramCell, bins), READONLY, NULL},
+    {"_gamma", T_DOUBLE, offsetof(HistogramCell, gamma), READONLY, NULL},
+    {"_inv_log_gamma", T_DOUBLE, offsetof(HistogramCell, inv_log_gamma), READONLY, NULL},
+    {NULL},
+};
+
+static PyGetSetDef histogram_getset[] = {
+    {"counts", (getter)histogram_counts, NULL, "Per-bucket counts (a new list; +Inf last).",
+     NULL},
+    {"count", (getter)histogram_count, NULL, "Values added so far.", NULL},
+    {NULL},
+};
+
+static PyMethodDef histogram_methods[] = {
+    {"add", (PyCFunction)histogram_add, METH_O,
+     "add(value)\n--\n\nCount one non-negative finite value (validated by the facade)."},
+    {NULL},
+};
+
+static PyTypeObject HistogramCellType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "collectors._speedups.HistogramCell",
+    .tp_basicsize = sizeof(HistogramCell),
+    .tp_dealloc = (destructor)histogram_dealloc,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One histogram series of the metrics store: buckets, sum and quantile sketch "
+              "(compiled).",
+    .tp_traverse = (traverseproc)histogram_traverse,
+    .tp_clear = (inquiry)histogram_clear,
+    .tp_methods = histogram_methods,
+    .tp_members = histogram_members,
+    .tp_getset = histogram_getset,
+    .tp_init = (initproc)histogram_init,
+    .tp_new = PyType_GenericNew,
+};
+
+/* MetricsApplier(by_key, fallback): applies one (metric, labels, value) record
+   to the series cached in `by_key`; anything else (a series not resolved yet,
+   a malformed record) is handed to `fallback(record)`, the Python apply. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *by_key;
+    PyObject *fallback;
+    vectorcallfunc vectorcall;
+} MetricsApplier;
+
+static int applier_traverse(MetricsApplier *self, visitproc visit, void *arg) {
+    Py_VISIT(self->by_key);
+    Py_VISIT(self->fallback);
+    return 0;
+}
+
+static int applier_clear(MetricsApplier *self) {
+    Py_CLEAR(self->by_key);
+    Py_CLEAR(self->fallback);
+    return 0;
+}
+
+static void applier_dealloc(MetricsApplier *self) {
+    PyObject_GC_UnTrack(self);
+    applier_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *applier_apply(MetricsApplier *self, PyObject *record) {
+    if (PyTuple_CheckExact(record) && PyTuple_GET_SIZE(record) == 3) {
+        PyObject *key = PyTuple_Pack(2, PyTuple_GET_ITEM(record, 0), PyTuple_GET_ITEM(record, 1));
+        if (key == NULL) return NULL;
+        PyObject *series = PyDict_GetItemWithError(self->by_key, key); /* borrowed */
+        Py_DECREF(key);
+        if (series == NULL && PyErr_Occurred()) {
+            if (!PyErr_ExceptionMatches(PyExc_TypeError)) return NULL;
+            PyErr_Clear(); /* unhashable: the Python apply reports it */
+        }
+        PyObject *value = PyTuple_GET_ITEM(record, 2);
+        if (series != NULL && Py_TYPE(series) != NULL) {
+            if (PyObject_TypeCheck(series, &CounterCellType)) {
+                Py_INCREF(series);
+                int failed = counter_add_value((CounterCell *)series, value);
+                Py_DECREF(series);
+                if (failed) return NULL;
+                Py_RETURN_NONE;
+            }
+            double d;
+            int kind = PyObject_TypeCheck(series, &HistogramCellType)
+                           ? observed_value(value, &d) : -2;
+            if (kind == -1) return NULL;
+            if (kind == 0) {
+                Py_INCREF(series);
+                int failed = histogram_observe((HistogramCell *)series, d);
+                Py_DECREF(series);
+                if (failed) return NULL;
+                Py_RETURN_NONE;
+            }
+        }
+    }
+    return PyObject_CallOneArg(self->fallback, record);
+}
+
+static PyObject *applier_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                    PyObject *kwnames) {
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs != 1 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+        PyErr_SetString(PyExc_TypeError, "a MetricsApplier takes one record");
+        return NULL;
+    }
+    return applier_apply((MetricsApplier *)callable, args[0]);
+}
+
+static PyObject *applier_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *by_key, *fallback;
+    if (!_PyArg_NoKeywords("MetricsApplier", kwargs) ||
+        !PyArg_ParseTuple(args, "O!O:MetricsApplier", &PyDict_Type, &by_key, &fallback)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(fallback)) {
+        PyErr_SetString(PyExc_TypeError, "fallback must be callable");
+        return NULL;
+    }
+    MetricsApplier *self = (MetricsApplier *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->by_key = Py_NewRef(by_key);
+    self->fallback = Py_NewRef(fallback);
+    self->vectorcall = applier_vectorcall;
+    return (PyObject *)self;
+}
+
+static PyTypeObject MetricsApplierType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "collectors._speedups.MetricsApplier",
+    .tp_basicsize = sizeof(MetricsApplier),
+    .tp_dealloc = (destructor)applier_dealloc,
+    .tp_vectorcall_offset = offsetof(MetricsApplier, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "MetricsApplier(by_key, fallback): applies metric records to cached series "
+              "(compiled).",
+    .tp_traverse = (traverseproc)applier_traverse,
+    .tp_clear = (inquiry)applier_clear,
+    .tp_new = applier_new,
+};
+
+/* ------------------------------------------------------------------------ */
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT, "collectors._speedups",
@@ -1140,7 +1529,9 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (time_ns_fn == NULL || perf_counter_ns_fn == NULL) return NULL;
 
     if (PyType_Ready(&CollectorBaseType) < 0 || PyType_Ready(&SpanBaseType) < 0 ||
-        PyType_Ready(&TracerBaseType) < 0 || PyType_Ready(&MetricsBaseType) < 0) {
+        PyType_Ready(&TracerBaseType) < 0 || PyType_Ready(&MetricsBaseType) < 0 ||
+        PyType_Ready(&CounterCellType) < 0 || PyType_Ready(&HistogramCellType) < 0 ||
+        PyType_Ready(&MetricsApplierType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&speedups_module);
@@ -1148,7 +1539,10 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (PyModule_AddObjectRef(m, "CollectorBase", (PyObject *)&CollectorBaseType) < 0 ||
         PyModule_AddObjectRef(m, "SpanBase", (PyObject *)&SpanBaseType) < 0 ||
         PyModule_AddObjectRef(m, "TracerBase", (PyObject *)&TracerBaseType) < 0 ||
-        PyModule_AddObjectRef(m, "MetricsBase", (PyObject *)&MetricsBaseType) < 0) {
+        PyModule_AddObjectRef(m, "MetricsBase", (PyObject *)&MetricsBaseType) < 0 ||
+        PyModule_AddObjectRef(m, "CounterCell", (PyObject *)&CounterCellType) < 0 ||
+        PyModule_AddObjectRef(m, "HistogramCell", (PyObject *)&HistogramCellType) < 0 ||
+        PyModule_AddObjectRef(m, "MetricsApplier", (PyObject *)&MetricsApplierType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

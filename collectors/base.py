@@ -464,6 +464,14 @@ class Collector(_CollectorBase, ABC, Generic[StoreT]):
         """
         return False
 
+    def _record_applier(self) -> Callable[[Any], None]:
+        """What the thread calls per record (collector thread): :meth:`_apply` by default.
+
+        A subclass may return a faster callable with the same effect that
+        falls back to :meth:`_apply` for anything it does not handle.
+        """
+        return self._apply
+
     def _on_idle(self) -> None:
         """Called after each drained batch (collector thread); override to publish."""
 
@@ -483,7 +491,7 @@ class Collector(_CollectorBase, ABC, Generic[StoreT]):
         queue = self._queue
         queue.consumer_running = True
         batch_size = self._batch_size
-        apply = self._apply
+        apply = self._record_applier()
         apply_all = self._apply_all
         linger: float | None = None  # idle: sleep until something arrives
         items: list[Any] = []  # the drained items being handled

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from collectors._sketch import QuantileSketch
 from collectors.base import Collector
+from collectors.hotpath import speedups
 from collectors.records import Labels, MetricRecord
 from collectors.snapshots import HistogramSeries, MetricFamily, MetricSpec, ValueSeries
 
@@ -33,62 +34,77 @@ OVERFLOW_LABELS: Labels = (("otel_metric_overflow", "true"),)
 _INF = float("inf")
 
 
-class _Counter:
-    __slots__ = ("value",)
+def _histogram_snapshot(self: Any, labels: Labels) -> HistogramSeries:
+    """A histogram series' immutable snapshot (both implementations)."""
+    cumulative: list[tuple[float, int]] = []
+    running = 0
+    for bound, n in zip((*self.bounds, _INF), self.counts, strict=True):
+        running += n
+        cumulative.append((bound, running))
+    return HistogramSeries(
+        labels=labels,
+        count=self._count,
+        sum=self.sum,
+        buckets=tuple(cumulative),
+        p50=self.quantile(0.50),
+        p95=self.quantile(0.95),
+        p99=self.quantile(0.99),
+    )
 
-    def __init__(self) -> None:
-        self.value: int | float = 0
 
-    def add(self, amount: int | float) -> None:
-        self.value += amount
+if TYPE_CHECKING or speedups is None:
+    class _Counter:
+        __slots__ = ("value",)
 
+        def __init__(self) -> None:
+            self.value: int | float = 0
 
-class _Histogram(QuantileSketch):
-    """Prometheus-style buckets, count and sum, and (inherited) the quantile sketch.
+        def add(self, amount: int | float) -> None:
+            self.value += amount
 
-    One class, so that an observation updates both in one method call: this
-    runs for every histogram record the collector applies.
-    """
+    class _Histogram(QuantileSketch):
+        """Prometheus-style buckets, count and sum, and (inherited) the quantile sketch.
 
-    __slots__ = ("bounds", "counts", "sum")
+        One class, so that an observation updates both in one method call: this
+        runs for every histogram record the collector applies.
+        """
 
-    def __init__(self, bounds: tuple[float, ...], relative_accuracy: float) -> None:
-        super().__init__(relative_accuracy)
-        self.bounds = bounds
-        self.counts = [0] * (len(bounds) + 1)
-        self.sum = 0.0
+        __slots__ = ("bounds", "counts", "sum")
 
-    def add(self, value: float) -> None:
-        self.counts[bisect_left(self.bounds, value)] += 1
-        self.sum += value
-        # QuantileSketch.add, inlined.
-        self._count += 1
-        if value < self._min:
-            self._min = value
-        if value > self._max:
-            self._max = value
-        if value <= 0.0:
-            self._zero += 1
-            return
-        index = math.ceil(math.log(value) * self._inv_log_gamma)
-        bins = self._bins
-        bins[index] = bins.get(index, 0) + 1
+        def __init__(self, bounds: tuple[float, ...], relative_accuracy: float) -> None:
+            super().__init__(relative_accuracy)
+            self.bounds = bounds
+            self.counts = [0] * (len(bounds) + 1)
+            self.sum = 0.0
 
-    def snapshot(self, labels: Labels) -> HistogramSeries:
-        cumulative: list[tuple[float, int]] = []
-        running = 0
-        for bound, n in zip((*self.bounds, _INF), self.counts, strict=True):
-            running += n
-            cumulative.append((bound, running))
-        return HistogramSeries(
-            labels=labels,
-            count=self._count,
-            sum=self.sum,
-            buckets=tuple(cumulative),
-            p50=self.quantile(0.50),
-            p95=self.quantile(0.95),
-            p99=self.quantile(0.99),
-        )
+        def add(self, value: float) -> None:
+            self.counts[bisect_left(self.bounds, value)] += 1
+            self.sum += value
+            # QuantileSketch.add, inlined.
+            self._count += 1
+            if value < self._min:
+                self._min = value
+            if value > self._max:
+                self._max = value
+            if value <= 0.0:
+                self._zero += 1
+                return
+            index = math.ceil(math.log(value) * self._inv_log_gamma)
+            bins = self._bins
+            bins[index] = bins.get(index, 0) + 1
+
+        snapshot = _histogram_snapshot
+
+else:  # compiled series (collectors/_speedups.c): the same fields, updated in C
+    class _Counter(speedups.CounterCell):
+        __slots__ = ()
+
+    class _Histogram(speedups.HistogramCell):
+        """Prometheus-style buckets, count and sum, and the quantile sketch, in C."""
+
+        __slots__ = ()
+        quantile = QuantileSketch.quantile  # reads the same fields the sketch keeps
+        snapshot = _histogram_snapshot
 
 
 class MetricsStore:
@@ -151,6 +167,14 @@ class MetricsStoreCollector(Collector[MetricsStore]):
             series.value += value
         else:
             series.add(value)
+
+    def _record_applier(self) -> Callable[[Any], None]:
+        if speedups is None:
+            return self._apply
+        # Compiled: a record whose series is cached is applied in C; any other
+        # (a new label set, a malformed record) goes to _apply.
+        applier: Callable[[Any], None] = speedups.MetricsApplier(self._store.by_key, self._apply)
+        return applier
 
     def _resolve(self, store: MetricsStore, metric: str, labels: Labels) -> _Counter | _Histogram:
         spec = self._catalog[metric]
