@@ -29,9 +29,11 @@ tools:
 demo: $(STAMP)
 	$(PY) -m app $(ARGS)
 
-## The whole test suite (unit, stress, integration).
+## The whole test suite (unit, stress, integration), run once with the compiled
+## hot path (collectors/_speedups.c) and once with its pure-Python twin.
 test: $(STAMP) tools
 	$(PY) -m pytest
+	RISK_ENGINE_PURE_PYTHON=1 $(PY) -m pytest -q
 
 ## Benchmarks against the anchors; rewrites docs/PERFORMANCE.md.
 bench: $(BENCH_STAMP)

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 from app.observability.catalog import PIPELINE_METRICS
 from collectors.base import CollectorState
-from collectors.hotpath import speedups
 from collectors.cost import CostStoreCollector
+from collectors.hotpath import speedups
 from collectors.metrics import MetricsStoreCollector
 from collectors.pipeline import Pipeline
 from collectors.records import Labels

@@ -1,0 +1,149 @@
+"""A scripted workout of the hot path; prints what it observed as JSON.
+
+Run in a subprocess by ``test_hotpath.py`` once with the compiled hot path and
+once with ``RISK_ENGINE_PURE_PYTHON=1``: the two outputs must be equal. Ids
+come from a seeded generator; times are reduced to their order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import enum
+import json
+import math
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from app.observability import Observability, ObservabilitySettings
+from collectors.hotpath import COMPILED
+
+
+class Tier(enum.StrEnum):
+    GOLD = "gold"
+
+
+def outcome(fn: Callable[[], Any]) -> list[str] | str:
+    try:
+        fn()
+    except Exception as exc:  # the error's type and message are what we compare
+        return [type(exc).__name__, str(exc)]
+    return "ok"
+
+
+def main() -> None:
+    out: dict[str, Any] = {"compiled": COMPILED}
+    settings = ObservabilitySettings(id_seed=7)
+    with Observability(settings) as obs:
+        m, t = obs.metrics, obs.tracing
+        out["metric_calls"] = [
+            outcome(lambda: m.increment("request_count", tenant_id="t1")),
+            outcome(lambda: m.increment("request_count", 2, tenant_id="t1")),
+            outcome(lambda: m.increment("request_count", 0.5, tenant_id="t1")),
+            outcome(lambda: m.increment("request_count", tenant_id=Tier.GOLD)),
+            outcome(lambda: m.increment("request_count", -1, tenant_id="t1")),
+            outcome(lambda: m.increment("request_count", math.nan, tenant_id="t1")),
+            outcome(lambda: m.increment("request_count", math.inf, tenant_id="t1")),
+            outcome(lambda: m.increment("request_count", True, tenant_id="t1")),
+            outcome(lambda: m.increment("request_count", "1", tenant_id="t1")),
+            outcome(lambda: m.increment("request_count", 2**1100, tenant_id="t1")),
+            outcome(lambda: m.increment("request_count", tenant_id=["t1"])),
+            outcome(lambda: m.increment("request_count", tenant_id="")),
+            outcome(lambda: m.increment("request_count", tenant_id=3)),
+            outcome(lambda: m.increment("request_count", colour="red")),
+            outcome(lambda: m.increment("no_such_metric")),
+            outcome(lambda: m.increment("node_execution_latency", node="n")),
+            outcome(lambda: m.observe_latency("node_execution_latency", 0.25, node="n")),
+            outcome(lambda: m.observe_latency("node_execution_latency", 2, node="n")),
+            outcome(lambda: m.observe_latency("node_execution_latency", 0, node="n")),
+            outcome(lambda: m.observe_latency("node_execution_latency", -0.1, node="n")),
+            outcome(lambda: m.observe_latency("node_execution_latency", "1", node="n")),
+            outcome(lambda: m.observe_latency("request_count", 1.0, tenant_id="t1")),
+            outcome(lambda: m.observe("node_execution_latency", 1e300, node="n")),
+        ]
+        out["span_calls"] = [
+            outcome(lambda: t.span("")),
+            outcome(lambda: t.span(3)),  # type: ignore[arg-type]
+            outcome(lambda: t.span("x", kind="bogus")),
+            outcome(lambda: t.span("x", kind=3)),  # type: ignore[arg-type]
+            outcome(lambda: t.span("x", colour="red")),  # type: ignore[call-arg]
+            outcome(lambda: t.span("x", tenant_id="")),
+        ]
+        assert t.current_span() is None  # none of those started a span
+
+        # Plain spans (the compiled path), nested, and one failing inside `with`.
+        with t.span("root", kind="workflow"):
+            with t.span("child", kind="node"):
+                m.increment("request_count", tenant_id="t2")
+            try:
+                with t.span("failing", kind="node"):
+                    raise KeyError("boom")
+            except KeyError:
+                pass
+            child = t.start_child_span("direct", "node")
+            t.finish(child, None, None, "node_execution_latency",
+                     (("node", "direct"), ("status", "ok")))
+            attributed = t.span("attributed")
+            attributed.set_attribute("k", 1)
+            attributed.add_event("evt", n=2)
+            t.end_span_sync(attributed, status="unset")
+            out["end_twice"] = outcome(lambda: t.end_span_sync(attributed))
+        out["after_root"] = t.current_span() is None
+        out["child_without_parent"] = t.start_child_span("orphan", "node").parent is None
+        t.finish(t.current_span())  # type: ignore[arg-type]
+
+        # Identity, a batched run (outbox), and a remote parent.
+        with (
+            t.span("run", kind="workflow", tenant_id="t3", correlation_id="c", batch=True),
+            t.span("step", kind="node"),
+            t.span("gen", kind="generation"),
+        ):
+            pass
+        remote = t.extract({"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"})
+        assert remote is not None
+        token = t.attach(remote)
+        with t.span("remote-child", kind="node"):
+            pass
+        t.detach(token)
+
+        # A span ended in another context than the one it started in.
+        async def ends_elsewhere() -> None:
+            span = t.span("cross", kind="node")
+            await asyncio.create_task(_end(t, span))
+        asyncio.run(ends_elsewhere())
+        ctx = contextvars.copy_context()
+        out["ctx_clean"] = ctx.run(t.current_span) is None
+
+        out["flushed"] = bool(obs.flush(5.0))
+        spans = t.finished_spans()
+        names = {s.span_id: s.name for s in spans}
+        out["spans"] = [
+            [s.name, s.kind, names.get(s.parent_span_id, "-" if s.parent_span_id else None),
+             s.status, s.error_type, s.error_message, sorted(s.attrs.items()),
+             [e.name for e in s.events], s.remote_parent, s.end_ns >= s.start_ns, s.trace_id_hex]
+            for s in spans
+        ]
+        exported = m.export_metrics()
+        out["metrics"] = {
+            name: [_timeless(series) for series in exported[name]["series"]]
+            for name in ("request_count", "node_execution_latency")
+        }
+        out["dropped"] = obs.pipeline.health().dropped_total
+    sys.stdout.write(json.dumps(out, sort_keys=True, default=repr) + "\n")
+
+
+def _timeless(series: dict[str, Any]) -> dict[str, Any]:
+    """The series without what depends on a measured duration (the ``direct`` span's)."""
+    if series["labels"].get("node") == "direct":
+        return {"labels": series["labels"], "count": series["count"]}
+    return series
+
+
+async def _end(t: Any, span: Any) -> None:
+    t.finish(span)
+
+
+if __name__ == "__main__":
+    main()
+    sys.exit(0)
