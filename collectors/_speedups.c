@@ -1471,11 +1471,55 @@ static PyTypeObject MetricsApplierType = {
 };
 
 /* ------------------------------------------------------------------------ */
+/* The trace store's batch check (collectors/trace.py)                      */
+
+/* flat_span_batch(records, fields) -> bool: every record is a plain tuple of
+   `fields` items whose attributes (item 10) are flat, i.e. empty or not
+   starting with a (key, value) pair. */
+static PyObject *flat_span_batch(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) {
+        PyErr_SetString(PyExc_TypeError, "flat_span_batch(records, fields)");
+        return NULL;
+    }
+    if (!PyTuple_Check(args[0])) Py_RETURN_FALSE;
+    Py_ssize_t fields = PyLong_AsSsize_t(args[1]);
+    if (fields == -1 && PyErr_Occurred()) return NULL;
+    if (fields <= 10) {
+        PyErr_SetString(PyExc_ValueError, "a span record has more than 10 fields");
+        return NULL;
+    }
+    PyObject *records = args[0];
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(records); i++) {
+        PyObject *record = PyTuple_GET_ITEM(records, i);
+        if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != fields) Py_RETURN_FALSE;
+        PyObject *attributes = PyTuple_GET_ITEM(record, 10);
+        if (PyTuple_Check(attributes)) {
+            if (PyTuple_GET_SIZE(attributes) > 0 &&
+                PyTuple_CheckExact(PyTuple_GET_ITEM(attributes, 0))) {
+                Py_RETURN_FALSE;
+            }
+        } else {
+            int truth = PyObject_IsTrue(attributes);
+            if (truth < 0) return NULL;
+            if (truth) Py_RETURN_FALSE; /* not the records' shape: the checked path */
+        }
+    }
+    Py_RETURN_TRUE;
+}
+
+static PyMethodDef module_functions[] = {
+    {"flat_span_batch", (PyCFunction)(void (*)(void))flat_span_batch, METH_FASTCALL,
+     "flat_span_batch(records, fields)\n--\n\n"
+     "Whether every record is a plain span tuple with flat attributes."},
+    {NULL},
+};
+
+/* ------------------------------------------------------------------------ */
 
 static struct PyModuleDef speedups_module = {
     PyModuleDef_HEAD_INIT, "collectors._speedups",
     "The compiled hot path of the observability pipeline (see collectors/hotpath.py).", -1,
-    NULL,
+    module_functions,
 };
 
 #define INTERN(var, text)                                                                       \

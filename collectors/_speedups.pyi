@@ -1,6 +1,7 @@
 # Stubs for the optional C extension (collectors/_speedups.c). Only
 # collectors.hotpath imports it; the classes using its base types declare
 # their own attributes and methods for the type checker.
+from collections.abc import Callable
 from typing import Any
 
 class CollectorBase:
@@ -23,3 +24,21 @@ class MetricsBase:
     def increment(self, metric: str, amount: int | float = 1, /, **labels: str) -> None: ...
     def observe_latency(self, metric: str, seconds: float, /, **labels: str) -> None: ...
     def observe(self, metric: str, seconds: float, /, **labels: str) -> None: ...
+
+class CounterCell:
+    value: int | float
+    def add(self, amount: int | float) -> None: ...
+
+class HistogramCell:
+    bounds: tuple[float, ...]
+    sum: float
+    counts: list[int]
+    count: int
+    def __init__(self, bounds: tuple[float, ...], relative_accuracy: float = ...) -> None: ...
+    def add(self, value: float) -> None: ...
+
+class MetricsApplier:
+    def __init__(self, by_key: dict[Any, Any], fallback: Callable[[Any], None]) -> None: ...
+    def __call__(self, record: Any) -> None: ...
+
+def flat_span_batch(records: tuple[Any, ...], fields: int) -> bool: ...

@@ -27,6 +27,7 @@ import structlog
 
 from collectors.base import Collector
 from collectors.export import ExportStats, ExportWorker, SpanExporter
+from collectors.hotpath import speedups
 from collectors.records import SpanRecord, as_span_record, flat_attributes
 
 __all__ = ("SpanRedactor", "TraceStore", "TraceStoreCollector")
@@ -130,12 +131,16 @@ class TraceStoreCollector(Collector[TraceStore]):
         of attributes, a malformed record) declines, and each record then goes
         through :meth:`_apply`.
         """
-        for record in records:
-            if type(record) is not tuple or len(record) != _SPAN_FIELDS:
+        if speedups is not None:
+            if not speedups.flat_span_batch(records, _SPAN_FIELDS):
                 return False
-            attributes = record[10]
-            if attributes and type(attributes[0]) is tuple:
-                return False
+        else:
+            for record in records:
+                if type(record) is not tuple or len(record) != _SPAN_FIELDS:
+                    return False
+                attributes = record[10]
+                if attributes and type(attributes[0]) is tuple:
+                    return False
         store = self._store
         spans = store.spans
         n = len(records)
