@@ -24,10 +24,8 @@ from __future__ import annotations
 
 import cProfile
 import pstats
-import random
 import time
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
 from typing import Any
 
 from benchmarks._harness import (
@@ -46,7 +44,6 @@ from benchmarks._harness import (
     thread_cpu_ns,
 )
 from benchmarks._prototypes import AggregatingCounter, FloorNode, PrototypeTracer, ShellFacade
-from benchmarks.cproto import build as build_cproto
 
 NAME = "node"
 TITLE = "One node's instrumentation"
@@ -104,7 +101,6 @@ def run(quick: bool) -> BenchResult:
                                        part_nodes), part_nodes)),
                 Variant("floor", _timed(
                     lambda: floor.run(part_nodes, TENANTS, work), part_nodes)),
-                *_compiled_variant(obs, part_nodes),
                 Variant("bare", _bare_round(part_nodes)),
             ],
             rounds=max(3, rounds - 2),
@@ -256,33 +252,6 @@ def _component_round(
     return round_
 
 
-def _compiled_variant(obs: Any, nodes: int) -> list[Variant]:
-    """The C prototype of the calling thread's side (``benchmarks/cproto``), if it builds.
-
-    It shares the product's validated label sets and feeds the running
-    collectors, so a round is timed and flushed exactly like ours.
-    """
-    fastpath = build_cproto()
-    if fastpath is None:
-        return []
-    for tenant in TENANTS:  # validated once by the product facade, as in our rounds
-        obs.metrics.increment("request_count", tenant_id=tenant)
-    obs.metrics.observe_latency("node_execution_latency", 0.0, node=NODE)
-    collectors = obs.pipeline.collectors
-    fast = fastpath.Fast(
-        ContextVar("cproto_span", default=None), random.Random().getrandbits,
-        collectors["trace"], collectors["metrics"],
-        obs.metrics._valid_counters, obs.metrics._valid_histograms,
-    )
-
-    def run_nodes() -> None:
-        _node_loop(fast.span, fast.increment, fast.observe_latency, nodes)
-        if not obs.flush():
-            raise RuntimeError("flush did not complete after the C prototype's round")
-
-    return [Variant("proto_c", _timed(run_nodes, nodes))]
-
-
 def _timed(run_nodes: Callable[[], object], nodes: int) -> Callable[[], Mapping[str, float]]:
     """A round timing ``run_nodes()``, which runs ``nodes`` nodes (no flush, no CPU split)."""
 
@@ -418,13 +387,6 @@ def _result(
     part_rows.append(("*prototype*: `increment` aggregated in a per-thread dict",
                       fmt_stats(parts.net("proto_increment"), fmt_us),
                       parts.gc_summary("proto_increment")))
-    if "proto_c" in parts.samples:
-        part_rows.append(("*prototype*: the whole node's calls in C (`benchmarks/cproto`), "
-                          "collectors running, flushed", fmt_stats(parts.net("proto_c"), fmt_us),
-                          parts.gc_summary("proto_c")))
-    else:
-        part_rows.append(("*prototype*: the whole node's calls in C", "not built (no C compiler)",
-                          "-"))
     breakdown = Table(
         title="Where our per-node time goes (µs per node, minus a bare node of "
               f"{fmt_us(bare_parts)} µs)",
@@ -455,8 +417,9 @@ def _result(
         f"in-memory exporter: {fmt_int(anchor_lost)}.",
         f"Bare node: {fmt_stats(bare, fmt_us)} µs (loop, tenant choice, two clock reads,"
         " `sum(range(16))`).",
+        f"Hot path measured: {_implementation()}.",
     ]
-    analysis = "" if met else _analysis(net["ours"].median, net["otel+prom"].median, parts)
+    analysis = _analysis(net["ours"].median, net["otel+prom"].median, parts, met)
     return BenchResult(
         name=NAME,
         title=TITLE,
@@ -473,80 +436,66 @@ def _result(
     )
 
 
-def _analysis(ours_ns: float, anchor_ns: float, parts: Runs) -> str:
+def _implementation() -> str:
+    from collectors.hotpath import COMPILED, PURE_PYTHON_ENV
+
+    if COMPILED:
+        return "compiled (`collectors/_speedups.c`, see `collectors/hotpath.py`)"
+    return (f"pure Python (the compiled extension is not built, or `{PURE_PYTHON_ENV}` is"
+            " set)")
+
+
+def _analysis(ours_ns: float, anchor_ns: float, parts: Runs, met: bool) -> str:
+    from collectors.hotpath import COMPILED
+
     def part(variant: str) -> float:
         return parts.net(variant).median / 1e3
 
     budget = anchor_ns / TARGET_RATIO / 1e3
     drain = parts.stats("paused", "drain_ns").median / 1e3
     floor = part("floor")
-    caller = part("proto_span") + 2 * part("proto_increment")
-    if "proto_c" in parts.samples:
-        compiled_ns = part("proto_c")
-        compiled = (
-            "The C prototype (`benchmarks/cproto/fastpath.c`: the node's span start and end and"
-            " its two metric calls in C, building the same records into the same Python"
-            " collectors, the slow paths left out) measured"
-            f" {fmt_float(compiled_ns)} µs per node in this run, the collectors' share and the"
-            " final flush included:"
-            f" {fmt_float(anchor_ns / 1e3 / compiled_ns)}x cheaper than the anchor"
-            f" ({'meets' if compiled_ns <= budget else 'misses'} the 10x target)."
-        )
-    else:
-        compiled = "The C prototype was not built here (no C compiler)."
-    floor_verdict = (
-        "so even a node with nothing but that work would miss the target in pure Python"
-        if floor > budget else
-        f"so the target leaves {fmt_float(budget - floor)} µs per node for everything a"
-        " product adds to that floor"
+    verdict = (
+        f"**How the target is met.** The 10x target leaves {fmt_float(budget)} µs per node;"
+        f" we spend {fmt_us(ours_ns)} µs."
+        if met else
+        f"**Why the target is missed.** The 10x target leaves {fmt_float(budget)} µs per"
+        f" node; we spend {fmt_us(ours_ns)} µs."
     )
+    if COMPILED:
+        how = """\
+The calls run in the compiled hot path (`collectors/_speedups.c`): a span's start and
+end, `increment` and `observe_latency`, and a collector's `send` are methods of C base
+types, and so are the metrics store's series and its record applier on the collector
+thread. The C code builds the same plain tuples the Python code builds, onto the same
+bounded queues, and hands every uncommon case (attributes, events, errors, a remote parent,
+a label set not validated yet, a queue past its high-water mark, a closed collector) to
+the Python implementation, which also runs on its own when the extension is not built
+(`tests/unit/hotpath` checks that both give the same results)."""
+    else:
+        how = """\
+This run used the pure-Python implementation (the compiled extension is not built here, or
+`RISK_ENGINE_PURE_PYTHON` is set). Installed on a machine with a C compiler, the project
+builds `collectors/_speedups.c`, whose C base types run the span start and end, the metric
+calls, a collector's `send` and the metrics store's series; that is what meets the target."""
     return f"""\
-**Why the target is missed, and what would fix it.** The 10x target leaves
-{fmt_float(budget)} µs per node; we spend {fmt_us(ours_ns)} µs. Alone, the span costs
-{fmt_float(part("span"))} µs, `increment` {fmt_float(part("increment"))} µs and
-`observe_latency` {fmt_float(part("observe_latency"))} µs (collectors running). With the
-collectors paused the calling thread pays {fmt_float(part("paused"))} µs per node, and the
-collector threads then need {fmt_float(drain)} µs per node to apply its three records (a
-counter, a histogram observation with its quantile sketch, a span tuple into the ring buffer;
-spans are redacted only where they leave the store). On this 2-core machine the collectors'
-Python work holds the GIL, so it is paid inside the caller's loop: the *CPU* column shows
-both shares.
+{verdict} Alone, the span costs {fmt_float(part("span"))} µs, `increment`
+{fmt_float(part("increment"))} µs and `observe_latency` {fmt_float(part("observe_latency"))} µs
+(collectors running). With the collectors paused the calling thread pays
+{fmt_float(part("paused"))} µs per node, and the collector threads then need
+{fmt_float(drain)} µs per node to apply its three records (a counter, a histogram
+observation with its quantile sketch, a span tuple into the ring buffer). On this 2-core
+machine the collectors' work holds the GIL, so it is paid inside the caller's loop: the
+*CPU* column shows both shares.
 
-**The floor.** The *floor* row is the least Python work such a node needs, whatever the
+{how}
+
+**The floor.** The *floor* row is the least *Python* work such a node needs, whatever the
 design (`benchmarks/_prototypes.py:FloorNode`): read the current span, two random ids, two
 clocks, set and reset a context variable, build the three records, and store them (ring
 buffer, counter dict, histogram bucket and sketch bin), all in one thread, with no facade
 call, no argument check and no queue bound. It measured {fmt_float(floor)} µs per node in this
-run, {fmt_float(floor / budget * 100)} % of the budget, {floor_verdict}. Ours costs
-{fmt_float(ours_ns / 1e3 / floor)}x the floor. The difference is what the product does on
-top: the facades' argument checks (a metric call is one cache lookup of the validated
-`(metric, labels)`, a value check and a queue offer; a span checks its name, kind, parent and
-ids and sets the 19 slots of a `Span`), the span's status, sampling and outbox logic, the
-bounded queue with its overflow accounting and consumer wake-ups, three Python frames per
-metric call and six per span (the *shell* row: the calls' shapes alone, with
-empty bodies, cost {fmt_float(part("shell"))} µs per node), and the hand-off between
-threads. Already done: records are plain,
-shallow tuples that the garbage collector untracks, spans are built without `__init__`,
-histogram series update their buckets and quantile sketch in one call, counters are applied
-inline, plain records are dispatched first in the collector loop, and a run's spans are
-stored as one batch.
-
-Design changes still open:
-
-1. **Aggregate counters and histograms on the producer side** instead of shipping one
-   record per call: a per-thread accumulator that the metrics collector merges on each drain,
-   flush and snapshot. The prototype (`increment` into a thread-local dict) measured
-   {fmt_float(part("proto_increment"))} µs in this run against {fmt_float(part("increment"))} µs
-   for today's call. It needs a hand-off of each thread's accumulator that is exact under
-   flush without a lock, and it departs from the design card (records on queues, stores
-   owned by the collector threads).
-2. **Send the ended span itself** and let the collector build the record. The prototype
-   (ids, clocks, context variable, queue append) measured {fmt_float(part("proto_span"))} µs
-   for start and end against {fmt_float(part("span"))} µs today, but under the GIL the record
-   is then built on the collector thread at about the same cost.
-3. **A compiled core** for span start and end and the metric calls: the only way below the
-   floor above. {compiled}
-
-With (1) and (2) the caller's share of a node would be about the prototype span plus two
-aggregated metric calls, {fmt_float(caller)} µs in this run, before the collectors' share;
-the budget is {fmt_float(budget)} µs."""
+run, {fmt_float(floor / budget * 100)} % of the budget; ours costs
+{fmt_float(ours_ns / 1e3 / floor)}x that. The *shell* row, the three public calls with empty
+Python bodies, costs {fmt_float(part("shell"))} µs. The two *prototype* rows are earlier
+pure-Python design studies (a span queued as its own record, counters aggregated per thread);
+neither departs from the design card as little as the compiled hot path does."""
