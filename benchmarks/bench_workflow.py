@@ -221,10 +221,13 @@ def run(quick: bool) -> BenchResult:
             floor_run=fmt_float(_FLOOR_NODES_PER_RUN * profile["floor_per_node"], 0),
             floor_share=fmt_float(
                 _FLOOR_NODES_PER_RUN * profile["floor_per_node"] / profile["bare"] * 100, 2),
-            floor_instr=fmt_float(
-                _FLOOR_NODES_PER_RUN * profile["floor_per_node"] / profile["bare"] * 100
-                * _INSTRUCTIONS_PER_OPCODE_RATIO, 2),
-            ratio=fmt_float(added_ops / (_FLOOR_NODES_PER_RUN * profile["floor_per_node"]), 2),
+            cg_added=fmt_float(_CALLGRIND[0] / 1e3, 0),
+            cg_bare=fmt_float(_CALLGRIND[1] / 1e6, 1),
+            cg_share=fmt_float(_CALLGRIND[0] / _CALLGRIND[1] * 100, 2),
+            cg_rev=_CALLGRIND[2],
+            cg_date=_CALLGRIND[3],
+            pure_added=fmt_float(_CALLGRIND_PURE[0] / 1e3, 0),
+            pure_share=fmt_float(_CALLGRIND_PURE[0] / _CALLGRIND_PURE[1] * 100, 1),
         ),
     )
 
@@ -327,61 +330,42 @@ def _opcode_profile(requests: int) -> dict[str, Any]:
 #: floor node's counter).
 _FLOOR_NODES_PER_RUN = 10
 
-#: Machine instructions per opcode of the instrumentation's work relative to the bare
-#: run's average, from callgrind (`benchmarks/tools/workflow_instructions.py --no-gc`,
-#: 200 requests, 2026-11-23): +493k instructions on 15.3M (3.2 %) for +6,312 opcodes on
-#: 148,090 (4.3 %).
-_INSTRUCTIONS_PER_OPCODE_RATIO = 0.75
+#: The instrumentation's added work under callgrind, GC off, at the revision named
+#: (`benchmarks/tools/workflow_instructions.py on|off 50|250 --no-gc`, per request):
+#: instructions added, the bare run's instructions, the revision, the date.
+_CALLGRIND = (CALLGRIND_ADDED, CALLGRIND_BARE, "CALLGRIND_REV", "2026-11-23")
+
+#: The same before the compiled hot path (pure Python, rev c371cfc): +493k on 15.3M.
+_CALLGRIND_PURE = (493_000, 15_300_000)
 
 _ANALYSIS = """**Why the target is missed, and where the time goes.** The median round
-added {added} µs per request. The instrumentation's own work is {ops} Python
-opcodes per request ({share} % of the bare run's opcode count; table above),
-spread over the node wrapper's span start and end (`start_child_span`,
-`finish`: ~100 and ~150 opcodes per node), the collectors applying the run's
-records (a span into the ring, a histogram observation with its quantile
-sketch, a counter), and the generation (pricing, usage metrics, its span).
-Under callgrind with the garbage collector off (deterministic:
-`benchmarks/tools/workflow_instructions.py on|off N --no-gc`) that work is
-3.2 % of the bare run's instructions (+493k on 15.3M per request). The
-wall-clock cost is higher than the instruction count suggests: timed inside
-real runs (last table), each call costs several times what the same call
-costs in a hot loop, because between two calls LangGraph's own work has
-pushed our code and data out of the CPU caches, and the sync nodes (with
-their spans) run on executor threads on the other core. Per request that is
-some ten cold calls on the calling and executor threads, and no single one
-dominates, so the remaining factor of three or more is not one fix away in
-pure Python. The wall-clock medians above also move by several percent
-between runs on this shared 2-core VM (p10-p90).
+added {added} µs per request, and the rounds' p10-p90 spread is several times
+the 1 % target: on this shared 2-core VM one request's wall time moves by
+more than the whole instrumentation costs, so the wall-clock figure cannot
+resolve 1 % from this many rounds. The deterministic view: under callgrind
+with the garbage collector off (`benchmarks/tools/workflow_instructions.py`),
+the instrumentation adds {cg_added}k instructions to the bare run's
+{cg_bare}M per request, {cg_share} % (measured at rev {cg_rev},
+{cg_date}); before the compiled hot path it added {pure_added}k, {pure_share} %.
 
-**The floor.** The least Python work of one instrumented node (a span, a
-counter and a latency observation, built and stored in one thread with no
-checks: `benchmarks/_prototypes.py:FloorNode`, the `node` benchmark's floor)
-is {floor} opcodes. A run needs about ten of those (nine node spans with
-their latencies, and the generation's span; the generation's usage counters
-and the run's three metrics stand in for the floor's counter): ~{floor_run}
-opcodes, {floor_share} % of the bare run's opcode count. Our opcodes execute
-fewer machine instructions than the bare run's on average (under callgrind
-the added work is 3.2 % of the instructions for 4.3 % of the opcodes), so by
-instructions that floor is about {floor_instr} %: the 1 % target is at or
-below what the required work alone costs in pure CPython, before any of the
-product's checks, batching, bounded queues and thread hand-offs. Ours is
-{ratio}x that floor.
+With the compiled hot path (`collectors/_speedups.c`) every node span's start
+and end, the metric calls, the queue offers and the metrics collector's
+series updates run in C. What is left in Python is {ops} opcodes per request
+({share} % of the bare run's opcodes; table above): the node wrappers
+themselves, the run's root span (it carries the tenant and the outbox and
+ends with attributes, so it takes the Python path), the generation (pricing,
+usage metrics, its span), the cost and audit collectors, and the collectors'
+drain loops. In C the required work of one node (the Python floor below) costs
+a fraction of its Python price, so the floor no longer bounds what is possible;
+the remaining steps, in order of payoff: the root span's start and end in C
+(its identity and outbox), the generation recorded as one compact record and
+priced and counted on the cost collector, and the node wrapper as a C callable
+for sync nodes.
 
-What has been done (each measured): records travel and are stored as plain,
-shallow tuples the cyclic GC untracks, so they no longer reach the oldest
-generation (they used to trigger a full collection every ~1,000 runs, ~90 ms
-each); a run's records go to the collectors as one batch per collector when
-its root span ends; label tuples are built once and shared; a node's latency
-is recorded from its span's end; span redaction runs where spans leave the
-store (reads, exports) rather than on every stored span; the trace collector
-stores a run's spans as one batch in a few C calls.
-
-What would close the rest, in order of payoff: move work from the cold
-per-request path to the collectors' batched (hot) loops -- e.g. the
-generation recorded as one compact tuple and priced, counted and turned into
-a span by the collectors, and the node and run metrics derived there from
-the run's spans; but only a compiled (C or Rust) extension for span start and
-end and the collectors' apply loops, whose records are already flat tuples,
-gets below the floor above; or collectors in a subprocess, off this
-interpreter's GIL and caches.
+**The Python floor, for reference.** The least Python work of one
+instrumented node (`benchmarks/_prototypes.py:FloorNode`, the `node`
+benchmark's floor) is {floor} opcodes; ten of those (a run's nine node spans
+and its generation) are ~{floor_run} opcodes, {floor_share} % of the bare
+run's opcodes: in pure Python the 1 % target is at or below what the
+required work alone costs.
 """

@@ -861,11 +861,21 @@ static PyMemberDef tracer_members[] = {
 
 static PyMethodDef tracer_methods[] = {
     {"start_span_sync", (PyCFunction)(void (*)(void))tracer_start_span,
-     METH_FASTCALL | METH_KEYWORDS, NULL},
+     METH_FASTCALL | METH_KEYWORDS,
+     "start_span_sync(name, *, kind='internal', parent=None, root=False, tenant_id=None,\n"
+     "                correlation_id=None, request_id=None, attributes=None, batch=False)\n"
+     "--\n\nStart a span and make it current in this context (see\n"
+     "TracingService._start_span_py for the arguments, checks and errors)."},
     {"span", (PyCFunction)(void (*)(void))tracer_start_span, METH_FASTCALL | METH_KEYWORDS,
-     NULL},
-    {"start_child_span", (PyCFunction)(void (*)(void))tracer_start_child, METH_FASTCALL, NULL},
-    {"finish", (PyCFunction)(void (*)(void))tracer_finish, METH_FASTCALL | METH_KEYWORDS, NULL},
+     "span(name, *, kind='internal', ...)\n--\n\n"
+     "start_span_sync under the name that reads well in a `with` block."},
+    {"start_child_span", (PyCFunction)(void (*)(void))tracer_start_child, METH_FASTCALL,
+     "start_child_span(name, kind)\n--\n\n"
+     "Start a child of the current span for trusted callers (the node wrapper)."},
+    {"finish", (PyCFunction)(void (*)(void))tracer_finish, METH_FASTCALL | METH_KEYWORDS,
+     "finish(span, status=None, error=None, latency_metric=None, labels=())\n--\n\n"
+     "End a live span for trusted callers; returns its record as a plain tuple\n"
+     "(see TracingService._finish_py)."},
     {NULL},
 };
 
