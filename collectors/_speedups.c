@@ -43,6 +43,7 @@ static PyObject *s_ok, *s_unset, *s_open, *s_spans, *s_metrics, *s_limit, *s_app
 static PyObject *empty_tuple, *zero, *one, *bits64, *bits128, *mask64, *float_max_int,
     *kinds;
 static PyObject *time_ns_fn, *perf_counter_ns_fn; /* fallbacks off Linux */
+static PyObject *deque_type, *deque_append;         /* collections.deque and its append */
 
 static PyObject *float_from_ns(long long ns) { return PyFloat_FromDouble((double)ns / 1e9); }
 
@@ -123,23 +124,22 @@ static int collector_set_queue(CollectorBase *self, PyObject *value, void *closu
     }
     PyObject *items = PyObject_GetAttr(value, s_queue);
     if (items == NULL) return -1;
-    if (PyObject_Length(items) < 0) {
-        Py_DECREF(items);
-        return -1;
+    if ((PyObject *)Py_TYPE(items) != deque_type) { /* not janus's deque: no fast path */
+        Py_CLEAR(items);
     }
     PyObject *yield_obj = PyObject_GetAttr(value, s_yield_at);
     if (yield_obj == NULL) {
-        Py_DECREF(items);
+        Py_XDECREF(items);
         return -1;
     }
     Py_ssize_t yield_at = PyLong_AsSsize_t(yield_obj);
     Py_DECREF(yield_obj);
     if (yield_at == -1 && PyErr_Occurred()) {
-        Py_DECREF(items);
+        Py_XDECREF(items);
         return -1;
     }
     Py_XSETREF(self->queue, Py_NewRef(value));
-    Py_XSETREF(self->items, items);
+    Py_XSETREF(self->items, items); /* NULL: every send goes through RecordQueue.offer */
     self->yield_at = yield_at;
     return 0;
 }
@@ -156,7 +156,8 @@ static int collector_offer_fast(CollectorBase *self, PyObject *record) {
     Py_INCREF(items);
     Py_INCREF(queue);
     int result = -1;
-    PyObject *r = PyObject_CallMethodOneArg(items, s_append, record);
+    PyObject *call[2] = {items, record};
+    PyObject *r = PyObject_Vectorcall(deque_append, call, 2, NULL);
     if (r == NULL) goto done;
     Py_DECREF(r);
     PyObject *wake_obj = PyObject_GetAttr(queue, s_wake_at);
@@ -400,6 +401,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *current;      /* `_current`: the ContextVar of the current span */
     PyObject *rng;          /* `_rng`: random.Random (replaced after fork) */
+    PyObject *getrandbits;  /* its bound getrandbits, cached when `_rng` is set */
     PyObject *collector;    /* `_collector`: the trace actor, or None */
     PyObject *metrics;      /* `_metrics`: the metrics actor, or None */
     PyObject *sample_bound; /* `_sample_bound`: int */
@@ -410,6 +412,7 @@ typedef struct {
 static int tracer_traverse(TracerBase *self, visitproc visit, void *arg) {
     Py_VISIT(self->current);
     Py_VISIT(self->rng);
+    Py_VISIT(self->getrandbits);
     Py_VISIT(self->collector);
     Py_VISIT(self->metrics);
     Py_VISIT(self->sample_bound);
@@ -421,6 +424,7 @@ static int tracer_traverse(TracerBase *self, visitproc visit, void *arg) {
 static int tracer_clear(TracerBase *self) {
     Py_CLEAR(self->current);
     Py_CLEAR(self->rng);
+    Py_CLEAR(self->getrandbits);
     Py_CLEAR(self->collector);
     Py_CLEAR(self->metrics);
     Py_CLEAR(self->sample_bound);
@@ -436,7 +440,7 @@ static void tracer_dealloc(TracerBase *self) {
 }
 
 static int tracer_ready(TracerBase *self) {
-    if (self->current == NULL || self->rng == NULL || self->span_type == NULL ||
+    if (self->current == NULL || self->getrandbits == NULL || self->span_type == NULL ||
         self->context_type == NULL || self->sample_bound == NULL ||
         !PyType_Check(self->span_type) ||
         !PyType_IsSubtype((PyTypeObject *)self->span_type, &SpanBaseType)) {
@@ -448,9 +452,9 @@ static int tracer_ready(TracerBase *self) {
 
 /* A random id of `bits` bits, never 0 (`getrandbits(bits) or 1`). */
 static PyObject *random_id(TracerBase *self, PyObject *bits) {
-    PyObject *rng = Py_NewRef(self->rng);
-    PyObject *value = PyObject_CallMethodOneArg(rng, s_getrandbits, bits);
-    Py_DECREF(rng);
+    PyObject *getrandbits = Py_NewRef(self->getrandbits);
+    PyObject *value = PyObject_CallOneArg(getrandbits, bits);
+    Py_DECREF(getrandbits);
     if (value == NULL) return NULL;
     int nonzero = PyObject_IsTrue(value);
     if (nonzero < 0) {
@@ -848,9 +852,31 @@ static PyObject *tracer_finish(TracerBase *self, PyObject *const *args, Py_ssize
                        values[4]);
 }
 
+static PyObject *tracer_get_rng(TracerBase *self, void *closure) {
+    return Py_NewRef(self->rng ? self->rng : Py_None);
+}
+
+static int tracer_set_rng(TracerBase *self, PyObject *value, void *closure) {
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError, "cannot delete _rng");
+        return -1;
+    }
+    PyObject *getrandbits = PyObject_GetAttr(value, s_getrandbits);
+    if (getrandbits == NULL) return -1;
+    Py_XSETREF(self->rng, Py_NewRef(value));
+    Py_XSETREF(self->getrandbits, getrandbits);
+    return 0;
+}
+
+static PyGetSetDef tracer_getset[] = {
+    {"_rng", (getter)tracer_get_rng, (setter)tracer_set_rng,
+     "The id generator (random.Random; replaced after fork); its getrandbits is cached.",
+     NULL},
+    {NULL},
+};
+
 static PyMemberDef tracer_members[] = {
     {"_current", T_OBJECT, offsetof(TracerBase, current), 0, NULL},
-    {"_rng", T_OBJECT, offsetof(TracerBase, rng), 0, NULL},
     {"_collector", T_OBJECT, offsetof(TracerBase, collector), 0, NULL},
     {"_metrics", T_OBJECT, offsetof(TracerBase, metrics), 0, NULL},
     {"_sample_bound", T_OBJECT, offsetof(TracerBase, sample_bound), 0, NULL},
@@ -890,6 +916,7 @@ static PyTypeObject TracerBaseType = {
     .tp_clear = (inquiry)tracer_clear,
     .tp_methods = tracer_methods,
     .tp_members = tracer_members,
+    .tp_getset = tracer_getset,
     .tp_new = PyType_GenericNew,
 };
 
@@ -1575,6 +1602,13 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         if (k == NULL || PySet_Add(kinds, k) < 0) return NULL;
         Py_DECREF(k);
     }
+    PyObject *collections = PyImport_ImportModule("collections");
+    if (collections == NULL) return NULL;
+    deque_type = PyObject_GetAttrString(collections, "deque");
+    Py_DECREF(collections);
+    if (deque_type == NULL) return NULL;
+    deque_append = PyObject_GetAttrString(deque_type, "append");
+    if (deque_append == NULL) return NULL;
     PyObject *time_module = PyImport_ImportModule("time");
     if (time_module == NULL) return NULL;
     time_ns_fn = PyObject_GetAttrString(time_module, "time_ns");
