@@ -227,7 +227,7 @@ def run(quick: bool) -> BenchResult:
             cg_rev=_CALLGRIND[2],
             cg_date=_CALLGRIND[3],
             pure_added=fmt_float(_CALLGRIND_PURE[0] / 1e3, 0),
-            pure_share=fmt_float(_CALLGRIND_PURE[0] / _CALLGRIND_PURE[1] * 100, 1),
+            pure_share=fmt_float(_CALLGRIND_PURE[0] / _CALLGRIND_PURE[1] * 100, 2),
         ),
     )
 
