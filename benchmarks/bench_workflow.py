@@ -222,7 +222,7 @@ def run(quick: bool) -> BenchResult:
             floor_share=fmt_float(
                 _FLOOR_NODES_PER_RUN * profile["floor_per_node"] / profile["bare"] * 100, 2),
             cg_added=fmt_float(_CALLGRIND[0] / 1e3, 0),
-            cg_bare=fmt_float(_CALLGRIND[1] / 1e6, 1),
+            cg_bare=fmt_float(_CALLGRIND[1] / 1e6, 3),
             cg_share=fmt_float(_CALLGRIND[0] / _CALLGRIND[1] * 100, 2),
             cg_rev=_CALLGRIND[2],
             cg_date=_CALLGRIND[3],
