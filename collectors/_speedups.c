@@ -45,6 +45,22 @@ static PyObject *empty_tuple, *zero, *one, *bits64, *bits128, *mask64, *float_ma
 static PyObject *time_ns_fn, *perf_counter_ns_fn; /* fallbacks off Linux */
 static PyObject *deque_type, *deque_append;         /* collections.deque and its append */
 
+/* The parts every base type here shares: a GC-aware dealloc that clears its
+   references, and the common type slots (subclassable, GC, generic new). */
+#define GC_DEALLOC(prefix, Struct)                                                              \
+    static void prefix##_dealloc(Struct *self) {                                               \
+        PyObject_GC_UnTrack(self);                                                             \
+        prefix##_clear(self);                                                                  \
+        Py_TYPE(self)->tp_free((PyObject *)self);                                              \
+    }
+
+#define GC_BASE_TYPE(prefix, Struct, pyname, doc)                                               \
+    PyVarObject_HEAD_INIT(NULL, 0).tp_name = "collectors._speedups." pyname,                   \
+    .tp_basicsize = sizeof(Struct), .tp_dealloc = (destructor)prefix##_dealloc,                \
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC, .tp_doc = doc,  \
+    .tp_traverse = (traverseproc)prefix##_traverse, .tp_clear = (inquiry)prefix##_clear,       \
+    .tp_new = PyType_GenericNew
+
 static PyObject *float_from_ns(long long ns) { return PyFloat_FromDouble((double)ns / 1e9); }
 
 /* time.perf_counter_ns() and time.time_ns(), read the way CPython reads them. */
@@ -103,11 +119,7 @@ static int collector_clear(CollectorBase *self) {
     return 0;
 }
 
-static void collector_dealloc(CollectorBase *self) {
-    PyObject_GC_UnTrack(self);
-    collector_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
+GC_DEALLOC(collector, CollectorBase)
 
 static PyObject *collector_get_queue(CollectorBase *self, void *closure) {
     if (self->queue == NULL) {
@@ -261,18 +273,11 @@ static PyMethodDef collector_methods[] = {
 };
 
 static PyTypeObject CollectorBaseType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "collectors._speedups.CollectorBase",
-    .tp_basicsize = sizeof(CollectorBase),
-    .tp_dealloc = (destructor)collector_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The compiled part of collectors.base.Collector: send().",
-    .tp_traverse = (traverseproc)collector_traverse,
-    .tp_clear = (inquiry)collector_clear,
+    GC_BASE_TYPE(collector, CollectorBase, "CollectorBase",
+                 "The compiled part of collectors.base.Collector: send()."),
     .tp_methods = collector_methods,
     .tp_members = collector_members,
     .tp_getset = collector_getset,
-    .tp_new = PyType_GenericNew,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -307,11 +312,7 @@ static int span_clear(SpanBase *self) {
     return 0;
 }
 
-static void span_dealloc(SpanBase *self) {
-    PyObject_GC_UnTrack(self);
-    span_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
+GC_DEALLOC(span, SpanBase)
 
 static PyObject *finish_span(PyObject *tracer, SpanBase *span, PyObject *status, PyObject *error,
                              PyObject *latency_metric, PyObject *labels);
@@ -381,17 +382,10 @@ static PyMethodDef span_methods[] = {
 };
 
 static PyTypeObject SpanBaseType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "collectors._speedups.SpanBase",
-    .tp_basicsize = sizeof(SpanBase),
-    .tp_dealloc = (destructor)span_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The slots of a span, and its `with` protocol (compiled).",
-    .tp_traverse = (traverseproc)span_traverse,
-    .tp_clear = (inquiry)span_clear,
+    GC_BASE_TYPE(span, SpanBase, "SpanBase",
+                 "The slots of a span, and its `with` protocol (compiled)."),
     .tp_methods = span_methods,
     .tp_members = span_members,
-    .tp_new = PyType_GenericNew,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -433,11 +427,7 @@ static int tracer_clear(TracerBase *self) {
     return 0;
 }
 
-static void tracer_dealloc(TracerBase *self) {
-    PyObject_GC_UnTrack(self);
-    tracer_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
+GC_DEALLOC(tracer, TracerBase)
 
 static int tracer_ready(TracerBase *self) {
     if (self->current == NULL || self->getrandbits == NULL || self->span_type == NULL ||
@@ -906,18 +896,11 @@ static PyMethodDef tracer_methods[] = {
 };
 
 static PyTypeObject TracerBaseType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "collectors._speedups.TracerBase",
-    .tp_basicsize = sizeof(TracerBase),
-    .tp_dealloc = (destructor)tracer_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The compiled part of TracingService: span start and end.",
-    .tp_traverse = (traverseproc)tracer_traverse,
-    .tp_clear = (inquiry)tracer_clear,
+    GC_BASE_TYPE(tracer, TracerBase, "TracerBase",
+                 "The compiled part of TracingService: span start and end."),
     .tp_methods = tracer_methods,
     .tp_members = tracer_members,
     .tp_getset = tracer_getset,
-    .tp_new = PyType_GenericNew,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -944,11 +927,7 @@ static int metrics_clear(MetricsBase *self) {
     return 0;
 }
 
-static void metrics_dealloc(MetricsBase *self) {
-    PyObject_GC_UnTrack(self);
-    metrics_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
+GC_DEALLOC(metrics, MetricsBase)
 
 static PyObject *type_name_error(const char *what, PyObject *value) {
     PyErr_Format(PyExc_TypeError, what, Py_TYPE(value)->tp_name);
@@ -1106,17 +1085,10 @@ static PyMethodDef metrics_methods[] = {
 };
 
 static PyTypeObject MetricsBaseType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "collectors._speedups.MetricsBase",
-    .tp_basicsize = sizeof(MetricsBase),
-    .tp_dealloc = (destructor)metrics_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "The compiled part of MetricsCollector: increment and observe_latency.",
-    .tp_traverse = (traverseproc)metrics_traverse,
-    .tp_clear = (inquiry)metrics_clear,
+    GC_BASE_TYPE(metrics, MetricsBase, "MetricsBase",
+                 "The compiled part of MetricsCollector: increment and observe_latency."),
     .tp_methods = metrics_methods,
     .tp_members = metrics_members,
-    .tp_new = PyType_GenericNew,
 };
 
 /* ------------------------------------------------------------------------ */
@@ -1146,11 +1118,7 @@ static int counter_clear(CounterCell *self) {
     return 0;
 }
 
-static void counter_dealloc(CounterCell *self) {
-    PyObject_GC_UnTrack(self);
-    counter_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
+GC_DEALLOC(counter, CounterCell)
 
 /* value += amount; 0 or -1 (unchanged) */
 static int counter_add_value(CounterCell *self, PyObject *amount) {
@@ -1176,18 +1144,11 @@ static PyMethodDef counter_methods[] = {
 };
 
 static PyTypeObject CounterCellType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "collectors._speedups.CounterCell",
-    .tp_basicsize = sizeof(CounterCell),
-    .tp_dealloc = (destructor)counter_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "One counter series of the metrics store (compiled).",
-    .tp_traverse = (traverseproc)counter_traverse,
-    .tp_clear = (inquiry)counter_clear,
+    GC_BASE_TYPE(counter, CounterCell, "CounterCell",
+                 "One counter series of the metrics store (compiled)."),
     .tp_methods = counter_methods,
     .tp_members = counter_members,
     .tp_init = (initproc)counter_init,
-    .tp_new = PyType_GenericNew,
 };
 
 typedef struct {
@@ -1385,20 +1346,13 @@ static PyMethodDef histogram_methods[] = {
 };
 
 static PyTypeObject HistogramCellType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "collectors._speedups.HistogramCell",
-    .tp_basicsize = sizeof(HistogramCell),
-    .tp_dealloc = (destructor)histogram_dealloc,
-    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "One histogram series of the metrics store: buckets, sum and quantile sketch "
-              "(compiled).",
-    .tp_traverse = (traverseproc)histogram_traverse,
-    .tp_clear = (inquiry)histogram_clear,
+    GC_BASE_TYPE(histogram, HistogramCell, "HistogramCell",
+                 "One histogram series of the metrics store: buckets, sum and quantile "
+                 "sketch (compiled)."),
     .tp_methods = histogram_methods,
     .tp_members = histogram_members,
     .tp_getset = histogram_getset,
     .tp_init = (initproc)histogram_init,
-    .tp_new = PyType_GenericNew,
 };
 
 /* MetricsApplier(by_key, fallback): applies one (metric, labels, value) record
@@ -1423,11 +1377,7 @@ static int applier_clear(MetricsApplier *self) {
     return 0;
 }
 
-static void applier_dealloc(MetricsApplier *self) {
-    PyObject_GC_UnTrack(self);
-    applier_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
+GC_DEALLOC(applier, MetricsApplier)
 
 static PyObject *applier_apply(MetricsApplier *self, PyObject *record) {
     if (PyTuple_CheckExact(record) && PyTuple_GET_SIZE(record) == 3) {

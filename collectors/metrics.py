@@ -15,7 +15,6 @@ convention) and are counted.
 
 from __future__ import annotations
 
-import math
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -65,8 +64,8 @@ if TYPE_CHECKING or speedups is None:
     class _Histogram(QuantileSketch):
         """Prometheus-style buckets, count and sum, and (inherited) the quantile sketch.
 
-        One class, so that an observation updates both in one method call: this
-        runs for every histogram record the collector applies.
+        The pure-Python series (without the compiled hot path, whose
+        ``HistogramCell`` keeps the same fields).
         """
 
         __slots__ = ("bounds", "counts", "sum")
@@ -80,18 +79,7 @@ if TYPE_CHECKING or speedups is None:
         def add(self, value: float) -> None:
             self.counts[bisect_left(self.bounds, value)] += 1
             self.sum += value
-            # QuantileSketch.add, inlined.
-            self._count += 1
-            if value < self._min:
-                self._min = value
-            if value > self._max:
-                self._max = value
-            if value <= 0.0:
-                self._zero += 1
-                return
-            index = math.ceil(math.log(value) * self._inv_log_gamma)
-            bins = self._bins
-            bins[index] = bins.get(index, 0) + 1
+            QuantileSketch.add(self, value)
 
         snapshot = _histogram_snapshot
 
