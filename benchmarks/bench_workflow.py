@@ -260,28 +260,36 @@ def _in_situ_costs(
                 entry[1] += 1
         return call
 
+    own = {attribute for (owner, attribute) in originals if attribute in vars(owner)}
     for (owner, attribute), fn in originals.items():
         setattr(owner, attribute, timed(f"{owner.__name__}.{attribute}", fn))
     try:  # built after patching: the node wrappers bind these methods when built
         workflow = InstrumentedRiskWorkflow(obs, config=config)
         done = 0
         while done < count:
-            batch = requests()
-
-            async def go(batch: list[Any] = batch) -> None:
-                for request in batch:
-                    await workflow.run(request)
-
-            loop.run_until_complete(go())
-            done += len(batch)
+            done += _run_batch(loop, workflow, requests())
         assert obs.flush(30.0), "flush did not complete"
     finally:
         for (owner, attribute), fn in originals.items():
-            setattr(owner, attribute, fn)
+            if attribute in own:
+                setattr(owner, attribute, fn)
+            else:  # inherited (the compiled base type's method): unshadow it
+                delattr(owner, attribute)
     return {
         name: {"us": total / calls / 1000, "per_request": calls / done}
         for name, (total, calls) in sorted(totals.items())
     }
+
+
+def _run_batch(loop: asyncio.AbstractEventLoop, workflow: Any, batch: list[Any]) -> int:
+    """Run ``batch``'s requests one at a time on ``loop``; how many ran."""
+
+    async def go() -> None:
+        for request in batch:
+            await workflow.run(request)
+
+    loop.run_until_complete(go())
+    return len(batch)
 
 
 def _fill_trace_ring(
@@ -297,14 +305,7 @@ def _fill_trace_ring(
     collections_before = gc.get_stats()[0]["collections"]
     started = time.perf_counter_ns()
     while trace.counts()[0] < capacity:
-        batch = requests()
-
-        async def go(batch: list[Any] = batch) -> None:
-            for request in batch:
-                await workflow.run(request)
-
-        loop.run_until_complete(go())
-        done += len(batch)
+        done += _run_batch(loop, workflow, requests())
         assert obs.flush(30.0), "flush did not complete"
     elapsed = time.perf_counter_ns() - started
     return {
