@@ -37,9 +37,10 @@
 /* Module state: interned names and constants (immortal for the process).   */
 
 static PyObject *s_ok, *s_unset, *s_open, *s_spans, *s_metrics, *s_limit, *s_append,
-    *s_getrandbits, *s_wake_at, *s_wake, *s_offer, *s_send_slow, *s_send_outbox,
+    *s_getrandbits, *s_wake_at, *s_wake, *s_offer, *s_send_slow,
     *s_start_span_py, *s_finish_py, *s_validate, *s_counter, *s_kind, *s_remote, *s_span_id,
-    *s_internal, *s_queue, *s_yield_at, *s_send;
+    *s_internal, *s_queue, *s_yield_at, *s_send, *s_costs, *s_parent, *s_root, *s_batch,
+    *s_tenant_id, *s_correlation_id, *s_request_id;
 static PyObject *empty_tuple, *zero, *one, *bits64, *bits128, *mask64, *float_max_int,
     *kinds;
 static PyObject *time_ns_fn, *perf_counter_ns_fn; /* fallbacks off Linux */
@@ -401,6 +402,9 @@ typedef struct {
     PyObject *sample_bound; /* `_sample_bound`: int */
     PyObject *span_type;    /* `_span_type`: tracing.Span (a SpanBase subclass) */
     PyObject *context_type; /* `_context_type`: tracing.SpanContext */
+    PyObject *costs;        /* `_costs`: the cost actor, or None */
+    PyObject *outbox_type;  /* `_outbox_type`: tracing.Outbox */
+    PyObject *batch_type;   /* `_batch_type`: collectors.records.Batch */
 } TracerBase;
 
 static int tracer_traverse(TracerBase *self, visitproc visit, void *arg) {
@@ -412,6 +416,9 @@ static int tracer_traverse(TracerBase *self, visitproc visit, void *arg) {
     Py_VISIT(self->sample_bound);
     Py_VISIT(self->span_type);
     Py_VISIT(self->context_type);
+    Py_VISIT(self->costs);
+    Py_VISIT(self->outbox_type);
+    Py_VISIT(self->batch_type);
     return 0;
 }
 
@@ -424,6 +431,9 @@ static int tracer_clear(TracerBase *self) {
     Py_CLEAR(self->sample_bound);
     Py_CLEAR(self->span_type);
     Py_CLEAR(self->context_type);
+    Py_CLEAR(self->costs);
+    Py_CLEAR(self->outbox_type);
+    Py_CLEAR(self->batch_type);
     return 0;
 }
 
@@ -574,27 +584,58 @@ static PyObject *tracer_start_child(TracerBase *self, PyObject *const *args, Py_
     return span;
 }
 
+/* An identity argument the fast path takes: None or a non-empty str. */
+static int plain_id(PyObject *value) {
+    return value == Py_None || (PyUnicode_CheckExact(value) && PyUnicode_GET_LENGTH(value) > 0);
+}
+
+/* The flat identity tuple ("tenant_id", t, "correlation_id", c, "request_id", r)
+   of the ids that are set, as tracing._identity builds it. */
+static PyObject *identity_tuple(PyObject *tenant, PyObject *correlation, PyObject *request) {
+    PyObject *ids[3] = {tenant, correlation, request};
+    PyObject *keys[3] = {s_tenant_id, s_correlation_id, s_request_id};
+    Py_ssize_t n = 0;
+    for (int i = 0; i < 3; i++) n += ids[i] != Py_None;
+    PyObject *flat = PyTuple_New(2 * n);
+    if (flat == NULL) return NULL;
+    Py_ssize_t at = 0;
+    for (int i = 0; i < 3; i++) {
+        if (ids[i] == Py_None) continue;
+        PyTuple_SET_ITEM(flat, at++, Py_NewRef(keys[i]));
+        PyTuple_SET_ITEM(flat, at++, Py_NewRef(ids[i]));
+    }
+    return flat;
+}
+
 /* TracingService.start_span_sync(name, *, kind=..., ...): the common calls
-   (`name` and at most `kind`, no remote parent current) here; every other call
-   to the Python implementation, which checks and handles all arguments. */
+   here -- a name, a known kind, a local parent (given, current, or none with
+   `root`), ids that are None or non-empty str, `batch` -- and every other call
+   (attributes, a remote parent, anything to check or refuse) to the Python
+   implementation, which checks and handles all arguments. */
 static PyObject *tracer_start_span(TracerBase *self, PyObject *const *args, Py_ssize_t nargs,
                                    PyObject *kwnames) {
     Py_ssize_t nkw = kwnames == NULL ? 0 : PyTuple_GET_SIZE(kwnames);
-    PyObject *kind = s_internal;
-    int simple = nargs == 1 && nkw <= 1;
-    if (simple && nkw == 1) {
-        PyObject *key = PyTuple_GET_ITEM(kwnames, 0);
-        if (key == s_kind || PyUnicode_Compare(key, s_kind) == 0) {
-            kind = args[1];
-        } else {
-            if (PyErr_Occurred()) return NULL;
-            simple = 0;
-        }
+    PyObject *kind = s_internal, *parent = Py_None, *root = Py_False, *batch = Py_False;
+    PyObject *tenant = Py_None, *correlation = Py_None, *request = Py_None;
+    int simple = nargs == 1;
+    for (Py_ssize_t i = 0; simple && i < nkw; i++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, i), *value = args[nargs + i];
+        /* keyword names from a call site are interned: compare by identity */
+        if (key == s_kind) kind = value;
+        else if (key == s_parent) parent = value;
+        else if (key == s_root) root = value;
+        else if (key == s_batch) batch = value;
+        else if (key == s_tenant_id) tenant = value;
+        else if (key == s_correlation_id) correlation = value;
+        else if (key == s_request_id) request = value;
+        else simple = 0; /* attributes, a misspelt keyword, a non-interned name */
     }
     if (simple) {
         PyObject *name = args[0];
         simple = PyUnicode_CheckExact(name) && PyUnicode_GET_LENGTH(name) > 0 &&
-                 PyUnicode_CheckExact(kind);
+                 PyUnicode_CheckExact(kind) && PyBool_Check(root) && PyBool_Check(batch) &&
+                 plain_id(tenant) && plain_id(correlation) && plain_id(request) &&
+                 (parent == Py_None || (PyObject *)Py_TYPE(parent) == self->span_type);
         if (simple) {
             int known = PySet_Contains(kinds, kind);
             if (known < 0) return NULL;
@@ -603,15 +644,57 @@ static PyObject *tracer_start_span(TracerBase *self, PyObject *const *args, Py_s
     }
     if (simple) {
         if (!tracer_ready(self)) return NULL;
-        PyObject *parent = NULL;
-        if (PyContextVar_Get(self->current, Py_None, &parent) < 0) return NULL;
-        if (parent == Py_None || (PyObject *)Py_TYPE(parent) == self->span_type) {
-            PyObject *span = new_span(self, args[0], kind, parent);
+        Py_INCREF(parent);
+        if (parent == Py_None && root == Py_False) {
             Py_DECREF(parent);
-            return span;
+            if (PyContextVar_Get(self->current, Py_None, &parent) < 0) return NULL;
+            if (parent != Py_None && (PyObject *)Py_TYPE(parent) != self->span_type) {
+                Py_DECREF(parent);
+                simple = 0; /* a remote parent is current: the Python path */
+            }
         }
-        Py_DECREF(parent); /* a remote parent: the Python path */
     }
+    if (simple) {
+        PyObject *outbox = NULL;
+        if (batch == Py_True) {
+            if (self->outbox_type == NULL) {
+                PyErr_SetString(PyExc_RuntimeError, "TracingService is not initialised");
+            } else {
+                outbox = PyObject_CallNoArgs(self->outbox_type);
+            }
+            if (outbox == NULL) {
+                Py_DECREF(parent);
+                return NULL;
+            }
+        }
+        SpanBase *span = (SpanBase *)new_span(self, args[0], kind, parent);
+        if (span != NULL && (tenant != Py_None || correlation != Py_None || request != Py_None)) {
+            /* explicit ids; the ones not given are inherited from a local parent */
+            if (tenant == Py_None) tenant = span->tenant_id;
+            if (correlation == Py_None) correlation = span->correlation_id;
+            if (request == Py_None) request = span->request_id;
+            PyObject *identity = identity_tuple(tenant, correlation, request);
+            if (identity == NULL) {
+                Py_CLEAR(span);
+            } else {
+                Py_INCREF(tenant);
+                Py_INCREF(correlation);
+                Py_INCREF(request);
+                Py_XSETREF(span->tenant_id, tenant);
+                Py_XSETREF(span->correlation_id, correlation);
+                Py_XSETREF(span->request_id, request);
+                Py_XSETREF(span->identity, identity);
+            }
+        }
+        if (span != NULL && outbox != NULL) {
+            Py_XSETREF(span->outbox, outbox);
+            outbox = NULL;
+        }
+        Py_XDECREF(outbox);
+        Py_DECREF(parent);
+        return (PyObject *)span;
+    }
+    if (PyErr_Occurred()) return NULL;
     PyObject *stack[16];
     if (nargs + nkw + 1 > 16) {
         PyErr_SetString(PyExc_TypeError, "start_span_sync() got too many arguments");
@@ -649,6 +732,113 @@ static Py_ssize_t attr_length(PyObject *owner, PyObject *attr) {
     return length;
 }
 
+/* Send `records` (a list) to `actor` as send_batch does in Python: one record
+   bare, several as one Batch(records=tuple) counted as len(records). */
+static int send_taken(TracerBase *self, PyObject *records, PyObject *actor) {
+    Py_ssize_t n = PyList_GET_SIZE(records);
+    if (n == 0 || actor == NULL || actor == Py_None) return 0;
+    if (n == 1) return collector_send_one(actor, PyList_GET_ITEM(records, 0));
+    if (self->batch_type == NULL || !PyType_Check(self->batch_type) ||
+        !PyType_IsSubtype((PyTypeObject *)self->batch_type, &PyTuple_Type)) {
+        PyErr_SetString(PyExc_RuntimeError, "TracingService._batch_type is not set");
+        return -1;
+    }
+    PyObject *inner = PyList_AsTuple(records);
+    if (inner == NULL) return -1;
+    /* tuple.__new__(Batch, (inner,)): the NamedTuple without its Python __new__ */
+    PyObject *fields = PyTuple_Pack(1, inner);
+    Py_DECREF(inner);
+    if (fields == NULL) return -1;
+    PyObject *args = PyTuple_Pack(1, fields);
+    Py_DECREF(fields);
+    if (args == NULL) return -1;
+    PyObject *batch = PyTuple_Type.tp_new((PyTypeObject *)self->batch_type, args, NULL);
+    Py_DECREF(args);
+    if (batch == NULL) return -1;
+    PyObject *count = PyLong_FromSsize_t(n);
+    PyObject *result = NULL;
+    if (count != NULL) {
+        if (PyObject_TypeCheck(actor, &CollectorBaseType)) {
+            result = collector_send_record((CollectorBase *)actor, batch, count);
+        } else {
+            result = PyObject_CallMethodObjArgs(actor, s_send, batch, count, NULL);
+        }
+        Py_DECREF(count);
+    }
+    Py_DECREF(batch);
+    if (result == NULL) return -1;
+    Py_DECREF(result);
+    return 0;
+}
+
+/* Take every item of the list attribute `attr` of `outbox` (a new list), or NULL. */
+static PyObject *take_all(PyObject *outbox, PyObject *attr) {
+    PyObject *list = PyObject_GetAttr(outbox, attr);
+    if (list == NULL) return NULL;
+    if (!PyList_Check(list)) {
+        Py_DECREF(list);
+        PyErr_Format(PyExc_TypeError, "Outbox.%U must be a list", attr);
+        return NULL;
+    }
+    Py_ssize_t n = PyList_GET_SIZE(list);
+    PyObject *taken = PyList_GetSlice(list, 0, n);
+    /* The removed items are still referenced by `taken`: no destructor runs here. */
+    if (taken != NULL && PyList_SetSlice(list, 0, n, NULL) < 0) Py_CLEAR(taken);
+    Py_DECREF(list);
+    return taken;
+}
+
+/* TracingService.send_outbox(outbox): enqueue everything in the outbox, one
+   batch per collector, and empty it. The pure-Python twin holds `outbox.lock`
+   while it takes the three lists; here the three takes run without a Python
+   instruction or a destructor in between, so under the GIL they are one atomic
+   step (no other sender, locked or not, can take the same records). Appends
+   racing with the take land either in what is taken or in the list, for the
+   next sender (see tracing.Outbox). */
+static int send_outbox_impl(TracerBase *self, PyObject *outbox) {
+    PyObject *spans = take_all(outbox, s_spans);
+    PyObject *metrics = spans == NULL ? NULL : take_all(outbox, s_metrics);
+    PyObject *costs = metrics == NULL ? NULL : take_all(outbox, s_costs);
+    int result = -1;
+    if (costs != NULL && send_taken(self, spans, self->collector) == 0 &&
+        send_taken(self, metrics, self->metrics) == 0 &&
+        send_taken(self, costs, self->costs) == 0) {
+        result = 0;
+    }
+    Py_XDECREF(spans);
+    Py_XDECREF(metrics);
+    Py_XDECREF(costs);
+    return result;
+}
+
+static PyObject *tracer_send_outbox(TracerBase *self, PyObject *outbox) {
+    if (send_outbox_impl(self, outbox) < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+/* The span record's attributes: the identity then the span's attributes,
+   flat, as tracing._merge builds them. NULL with no error set when a key of
+   `attributes` is also an identity key (the Python `_merge` resolves that). */
+static PyObject *merged_attributes(PyObject *identity, PyObject *attributes) {
+    Py_ssize_t nid = PyTuple_GET_SIZE(identity);
+    for (Py_ssize_t i = 0; i < nid; i += 2) {
+        int clash = PyDict_Contains(attributes, PyTuple_GET_ITEM(identity, i));
+        if (clash != 0) return NULL; /* a clash, or an error (set) */
+    }
+    PyObject *flat = PyTuple_New(nid + 2 * PyDict_GET_SIZE(attributes));
+    if (flat == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < nid; i++) {
+        PyTuple_SET_ITEM(flat, i, Py_NewRef(PyTuple_GET_ITEM(identity, i)));
+    }
+    Py_ssize_t pos = 0, at = nid;
+    PyObject *key, *value;
+    while (PyDict_Next(attributes, &pos, &key, &value)) {
+        PyTuple_SET_ITEM(flat, at++, Py_NewRef(key));
+        PyTuple_SET_ITEM(flat, at++, Py_NewRef(value));
+    }
+    return flat;
+}
+
 /* The record's parent span id: 0 for a root. */
 static PyObject *parent_span_id(PyObject *parent) {
     if (parent == NULL || parent == Py_None) return Py_NewRef(zero);
@@ -663,25 +853,56 @@ static PyObject *parent_span_id(PyObject *parent) {
     return PyObject_GetAttr(parent, s_span_id);
 }
 
-/* TracingService.finish for a span with no attributes, events or error;
-   anything else goes to `_finish_py`. */
+static PyObject *finish_plain(TracerBase *self, SpanBase *span, PyObject *status,
+                              PyObject *latency_metric, PyObject *labels, PyObject *attributes);
+
+/* TracingService.finish for a span with no events or error, whose attributes
+   (if any) do not repeat an identity key; anything else goes to `_finish_py`. */
 static PyObject *finish_span(PyObject *tracer, SpanBase *span, PyObject *status, PyObject *error,
                              PyObject *latency_metric, PyObject *labels) {
     TracerBase *self = (TracerBase *)tracer;
-    int plain = error == Py_None && (span->attributes == NULL || span->attributes == Py_None ||
-                                     (PyDict_CheckExact(span->attributes) &&
-                                      PyDict_GET_SIZE(span->attributes) == 0));
+    /* The record's attributes: the identity alone, or merged with the span's
+       own (a dict whose keys do not repeat an identity key). */
+    PyObject *attributes = NULL;
+    int plain = error == Py_None && span->identity != NULL && PyTuple_CheckExact(span->identity);
+    if (plain) {
+        PyObject *own = span->attributes;
+        if (own == NULL || own == Py_None ||
+            (PyDict_CheckExact(own) && PyDict_GET_SIZE(own) == 0)) {
+            attributes = Py_NewRef(span->identity);
+        } else if (PyDict_CheckExact(own)) {
+            Py_INCREF(own);
+            attributes = merged_attributes(span->identity, own);
+            Py_DECREF(own);
+            if (attributes == NULL && PyErr_Occurred()) return NULL;
+        }
+        plain = attributes != NULL;
+    }
     if (plain && span->events != NULL && span->events != Py_None) {
         int has_events = PyObject_IsTrue(span->events);
-        if (has_events < 0) return NULL;
+        if (has_events < 0) {
+            Py_DECREF(attributes);
+            return NULL;
+        }
         plain = !has_events;
     }
-    if (!plain || !tracer_ready(self) || span->start_ns == NULL || span->identity == NULL) {
+    if (!plain || !tracer_ready(self) || span->start_ns == NULL) {
+        Py_XDECREF(attributes);
         if (PyErr_Occurred()) return NULL;
         PyObject *call[6] = {tracer, (PyObject *)span, status, error, latency_metric, labels};
         return PyObject_VectorcallMethod(s_finish_py, call, 6 | PY_VECTORCALL_ARGUMENTS_OFFSET,
                                          NULL);
     }
+    PyObject *record = finish_plain(self, span, status, latency_metric, labels, attributes);
+    Py_DECREF(attributes);
+    return record;
+}
+
+/* finish_span's common case: no error, no events, and the record's flat
+   `attributes` (borrowed) already built. */
+static PyObject *finish_plain(TracerBase *self, SpanBase *span, PyObject *status,
+                              PyObject *latency_metric, PyObject *labels,
+                              PyObject *attributes) {
     int failed = 0;
     long long start = as_ll(span->start_ns, &failed);
     long long perf_start = failed ? 0 : as_ll(span->perf_start, &failed);
@@ -734,7 +955,7 @@ static PyObject *finish_span(PyObject *tracer, SpanBase *span, PyObject *status,
         goto done;
     }
     record = PyTuple_Pack(13, span->trace_id, span->span_id, parent_id, span->name, span->kind,
-                          span->start_ns, span->end_ns, status, Py_None, Py_None, span->identity,
+                          span->start_ns, span->end_ns, status, Py_None, Py_None, attributes,
                           empty_tuple, remote ? Py_True : Py_False);
     if (record == NULL) goto done;
     if (latency_metric != Py_None) {
@@ -774,11 +995,7 @@ static PyObject *finish_span(PyObject *tracer, SpanBase *span, PyObject *status,
                 send = spans + metrics >= limit; /* a long run */
             }
         }
-        if (send) {
-            PyObject *r = PyObject_CallMethodOneArg(tracer, s_send_outbox, outbox);
-            if (r == NULL) goto done;
-            Py_DECREF(r);
-        }
+        if (send && send_outbox_impl(self, outbox) < 0) goto done;
     } else { /* not batched, or ending after its root */
         if (sampled && self->collector != NULL && self->collector != Py_None &&
             collector_send_one(self->collector, record) < 0) {
@@ -872,6 +1089,9 @@ static PyMemberDef tracer_members[] = {
     {"_sample_bound", T_OBJECT, offsetof(TracerBase, sample_bound), 0, NULL},
     {"_span_type", T_OBJECT, offsetof(TracerBase, span_type), 0, NULL},
     {"_context_type", T_OBJECT, offsetof(TracerBase, context_type), 0, NULL},
+    {"_costs", T_OBJECT, offsetof(TracerBase, costs), 0, NULL},
+    {"_outbox_type", T_OBJECT, offsetof(TracerBase, outbox_type), 0, NULL},
+    {"_batch_type", T_OBJECT, offsetof(TracerBase, batch_type), 0, NULL},
     {NULL},
 };
 
@@ -888,6 +1108,10 @@ static PyMethodDef tracer_methods[] = {
     {"start_child_span", (PyCFunction)(void (*)(void))tracer_start_child, METH_FASTCALL,
      "start_child_span(name, kind)\n--\n\n"
      "Start a child of the current span for trusted callers (the node wrapper)."},
+    {"send_outbox", (PyCFunction)tracer_send_outbox, METH_O,
+     "send_outbox(outbox)\n--\n\n"
+     "Enqueue everything in a batched run's outbox (one batch per collector)\n"
+     "and empty it; safe from any thread of the run."},
     {"finish", (PyCFunction)(void (*)(void))tracer_finish, METH_FASTCALL | METH_KEYWORDS,
      "finish(span, status=None, error=None, latency_metric=None, labels=())\n--\n\n"
      "End a live span for trusted callers; returns its record as a plain tuple\n"
@@ -1525,7 +1749,6 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_wake, "_wake")
     INTERN(s_offer, "offer")
     INTERN(s_send_slow, "_send_slow")
-    INTERN(s_send_outbox, "send_outbox")
     INTERN(s_start_span_py, "_start_span_py")
     INTERN(s_finish_py, "_finish_py")
     INTERN(s_validate, "_validate")
@@ -1537,6 +1760,13 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_queue, "_queue")
     INTERN(s_yield_at, "_yield_at")
     INTERN(s_send, "send")
+    INTERN(s_costs, "costs")
+    INTERN(s_parent, "parent")
+    INTERN(s_root, "root")
+    INTERN(s_batch, "batch")
+    INTERN(s_tenant_id, "tenant_id")
+    INTERN(s_correlation_id, "correlation_id")
+    INTERN(s_request_id, "request_id")
     if ((empty_tuple = PyTuple_New(0)) == NULL) return NULL;
     if ((zero = PyLong_FromLong(0)) == NULL) return NULL;
     if ((one = PyLong_FromLong(1)) == NULL) return NULL;

@@ -120,7 +120,8 @@ class Outbox:
     Appends come from the run's own tasks and threads without a lock (a
     ``list.append`` is atomic). Taking the lists' contents to send them
     (:meth:`TracingService.send_outbox`) holds ``lock``, so two senders never
-    take the same records. Nothing is lost at the close either: the root sets
+    take the same records (compiled, the three takes run in C with no Python
+    instruction in between, which under the GIL is the same guarantee). Nothing is lost at the close either: the root sets
     ``open = False`` *before* it takes the lists, and a descendant that saw the
     outbox open checks ``open`` again *after* its appends and, if the root closed
     it meanwhile, sends what is left itself. Either the root's take comes after
@@ -339,6 +340,8 @@ class TracingService(_TracerBase):
         self._sample_bound = round(sample_ratio * (1 << 64))
         self._span_type = Span  # what the compiled start builds (a SpanBase subclass)
         self._context_type = SpanContext
+        self._outbox_type = Outbox  # what a batched start creates
+        self._batch_type = Batch  # what send_outbox wraps several records in
         self._id_seed = id_seed
         self._rng = random.Random(id_seed)
         self._current: ContextVar[Span | SpanContext | None] = ContextVar(
@@ -632,19 +635,6 @@ class TracingService(_TracerBase):
                 self._send_metric((latency_metric, labels, (end_ns - start_ns) / 1e9))
         return record
 
-    def send_outbox(self, outbox: Outbox) -> None:
-        """Enqueue everything in ``outbox`` (one batch per collector) and empty it.
-
-        Safe from any thread of the run, concurrently with appends and with
-        other senders (see :class:`Outbox`).
-        """
-        with outbox.lock:
-            spans, metrics, costs = (
-                _take(outbox.spans), _take(outbox.metrics), _take(outbox.costs))
-        _send_batch(spans, self._collector)
-        _send_batch(metrics, self._metrics)
-        _send_batch(costs, self._costs)
-
     def current_outbox(self) -> Outbox | None:
         """The open outbox of the current batched run, if any."""
         current = self._current.get()
@@ -661,12 +651,26 @@ class TracingService(_TracerBase):
         return self.end_span_sync(span, status=status, error=error)
 
     if TYPE_CHECKING or speedups is None:
-        # Pure Python. Compiled, the base type has these four methods: the
-        # common calls run in C and every other call reaches the Python
-        # implementations above (collectors.hotpath).
+        # Pure Python. Compiled, the base type has these methods: the common
+        # calls run in C and every other call reaches the Python
+        # implementations above (collectors.hotpath); send_outbox is all C.
         start_span_sync = _start_span_py
         start_child_span = _start_child_py
         finish = _finish_py
+
+        def send_outbox(self, outbox: Outbox) -> None:
+            """Enqueue everything in ``outbox`` (one batch per collector) and empty it.
+
+            Safe from any thread of the run, concurrently with appends and with
+            other senders (see :class:`Outbox`).
+            """
+            with outbox.lock:
+                spans, metrics, costs = (
+                    _take(outbox.spans), _take(outbox.metrics), _take(outbox.costs))
+            _send_batch(spans, self._collector)
+            _send_batch(metrics, self._metrics)
+            _send_batch(costs, self._costs)
+
         #: ``with obs.tracing.span("node", kind="node"):`` (or ``async with``): the
         #: started :class:`Span` is its own context manager, so this is
         #: :meth:`start_span_sync` under the name that reads well in a ``with``.

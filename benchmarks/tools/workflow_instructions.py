@@ -14,6 +14,13 @@ collectors stopped, which isolates the calling threads' share. ``--no-gc``
 disables the cyclic garbage collector for the runs: a collection costs
 millions of instructions and lands in one window or the other, so without it
 the difference measures the instrumentation's own work exactly.
+``--linger S`` sets the collectors' linger (default 1.0 s here, the most the
+settings allow): a collector thread wakes about once per linger, and under
+callgrind a request takes ~50x longer than natively, so the service default
+(0.1 s, one wake per ~25 requests natively) would make the collectors wake
+for nearly every request and charge their wake-ups to the instrumentation
+many times over. Even 1.0 s still wakes them several times more often per
+request than a native run does: the collectors' share stays an upper bound.
 """
 
 from __future__ import annotations
@@ -39,15 +46,17 @@ REVIEW = {**PAYLOAD, "amount": "800", "account_age_days": 60, "prior_chargebacks
 
 
 def main(argv: list[str]) -> None:
-    """``workflow_instructions.py on|off N [--producer-only]``."""
+    """``workflow_instructions.py on|off N [--producer-only] [--no-gc] [--linger S]``."""
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     instrument = argv[0] == "on"
     count = int(argv[1])
     producer_only = "--producer-only" in argv
     if "--no-gc" in argv:
         gc.disable()
+    linger = float(argv[argv.index("--linger") + 1]) if "--linger" in argv else 1.0
     obs = Observability(
-        ObservabilitySettings(drain_at_exit=False, queue_maxsize=1_000_000),
+        ObservabilitySettings(
+            drain_at_exit=False, queue_maxsize=1_000_000, linger_seconds=linger),
         start=not producer_only,
     )
     workflow = InstrumentedRiskWorkflow(obs, config=WorkflowConfig(seed=1), instrument=instrument)

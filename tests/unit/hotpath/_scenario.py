@@ -100,6 +100,23 @@ def main() -> None:
             t.span("gen", kind="generation"),
         ):
             pass
+        # A run as the workflow instrumentation starts and ends one: a new trace
+        # with every id and an outbox, a child with an explicit parent and one id
+        # of its own, attributes on the root; then a clash with an identity key.
+        run = t.start_span_sync("run2", kind="workflow", root=True, tenant_id="t4",
+                                correlation_id="c4", request_id="r4", batch=True)
+        step = t.start_span_sync("step2", kind="node", parent=run, request_id="r5")
+        t.finish(step, None, None, "node_execution_latency",
+                 (("node", "step2"), ("status", "ok"), ("tenant_id", "t4")))
+        run.attribute_map()["decision"] = "approve"
+        run.attribute_map()["approval_required"] = False
+        out["run_record"] = list(t.finish(
+            run, "ok", None, "request_latency",
+            (("status", "ok"), ("tenant_id", "t4"), ("workflow", "risk")))[10])
+        clash = t.start_span_sync("clash", tenant_id="t5", batch=True)
+        clash.attribute_map()["tenant_id"] = "t6"
+        clash.set_attribute("n", 2)
+        out["clash_record"] = list(t.finish(clash)[10])
         remote = t.extract({"traceparent": "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"})
         assert remote is not None
         token = t.attach(remote)
@@ -127,15 +144,16 @@ def main() -> None:
         exported = m.export_metrics()
         out["metrics"] = {
             name: [_timeless(series) for series in exported[name]["series"]]
-            for name in ("request_count", "node_execution_latency")
+            for name in ("request_count", "node_execution_latency", "request_latency")
         }
         out["dropped"] = obs.pipeline.health().dropped_total
     sys.stdout.write(json.dumps(out, sort_keys=True, default=repr) + "\n")
 
 
 def _timeless(series: dict[str, Any]) -> dict[str, Any]:
-    """The series without what depends on a measured duration (the ``direct`` span's)."""
-    if series["labels"].get("node") == "direct":
+    """The series without what depends on a measured duration (the ``direct`` span's, the runs')."""
+    labels = series["labels"]
+    if labels.get("node") in ("direct", "step2") or labels.get("workflow") == "risk":
         return {"labels": series["labels"], "count": series["count"]}
     return series
 

@@ -82,7 +82,48 @@ def test_both_implementations_record_and_reject_the_same() -> None:
     assert calls.count("ok") == 8
     assert ["ValueError", "amount must be finite and >= 0, got -1"] in calls
     spans = pure["spans"]
-    assert isinstance(spans, list) and len(spans) == 11
+    assert isinstance(spans, list) and len(spans) == 14
+    assert pure["run_record"] == [
+        "tenant_id", "t4", "correlation_id", "c4", "request_id", "r4",
+        "decision", "approve", "approval_required", False,
+    ]
+    assert pure["clash_record"] == ["tenant_id", "t6", "n", 2]
+
+
+@pytest.mark.timeout(30)
+def test_a_workflow_run_starts_and_ends_without_the_python_fallbacks(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The instrumentation's calls (a root with ids and an outbox, attributes) stay compiled."""
+    if hotpath.COMPILED:
+        def python_path(*args: object, **kwargs: object) -> None:
+            raise AssertionError("the compiled hot path fell back to Python")
+
+        monkeypatch.setattr(TracingService, "_start_span_py", python_path)
+        monkeypatch.setattr(TracingService, "_finish_py", python_path)
+    with Observability() as obs:
+        tracing = obs.tracing
+        root = tracing.start_span_sync(
+            "wf", kind="workflow", root=True, tenant_id="t1", correlation_id="c1",
+            request_id="r1", batch=True,
+        )
+        assert root.outbox is not None and root.parent is None
+        node = tracing.start_child_span("decide", "node")
+        tracing.finish(node, None, None, "node_execution_latency",
+                       (("node", "decide"), ("status", "ok"), ("tenant_id", "t1")))
+        root.attribute_map()["decision"] = "approve"
+        record = tracing.finish(root, None, None, "request_latency",
+                                (("status", "ok"), ("tenant_id", "t1"), ("workflow", "wf")))
+        assert record[10] == ("tenant_id", "t1", "correlation_id", "c1", "request_id", "r1",
+                              "decision", "approve")
+        assert root.outbox is not None and not root.outbox.open
+        assert obs.flush(5.0)
+        spans = {span.name: span for span in tracing.finished_spans()}
+        assert spans["decide"].parent_span_id == spans["wf"].span_id
+        assert spans["decide"].attrs["request_id"] == "r1"
+        exported = obs.metrics.export_metrics()
+        assert exported["request_latency"]["series"][0]["count"] == 1
+        assert exported["node_execution_latency"]["series"][0]["count"] == 1
 
 
 @pytest.mark.timeout(30)
