@@ -121,8 +121,9 @@ class Outbox:
     ``list.append`` is atomic). Taking the lists' contents to send them
     (:meth:`TracingService.send_outbox`) holds ``lock``, so two senders never
     take the same records (compiled, the three takes run in C with no Python
-    instruction in between, which under the GIL is the same guarantee). Nothing is lost at the close either: the root sets
-    ``open = False`` *before* it takes the lists, and a descendant that saw the
+    instruction in between, which under the GIL is the same guarantee).
+    Nothing is lost at the close either: the root sets ``open = False``
+    *before* it takes the lists, and a descendant that saw the
     outbox open checks ``open`` again *after* its appends and, if the root closed
     it meanwhile, sends what is left itself. Either the root's take comes after
     the append, or the appender's second check sees the close.

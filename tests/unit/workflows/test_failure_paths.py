@@ -304,7 +304,7 @@ async def test_an_interrupt_is_not_a_failure_and_the_run_resumes(
 async def test_a_paused_and_resumed_high_risk_request_is_one_high_risk_failure(
     obs: Observability,
 ) -> None:
-    """BUG (instrumentation.py, ``_finish_run``): HIGH_RISK is recorded whenever a run's
+    """BUG (instrumentation.py, ``end_run``): HIGH_RISK is recorded whenever a run's
     final state has ``high_risk``; the paused run and its resumption both do."""
     wf = InstrumentedRiskWorkflow(obs, config=WorkflowConfig(interrupt_for_approval=True))
     request = make_request(HIGH_RISK, "req-hr-int")
@@ -318,7 +318,7 @@ async def test_a_paused_and_resumed_high_risk_request_is_one_high_risk_failure(
 
 @pytest.mark.asyncio
 async def test_a_paused_and_resumed_request_is_one_request(obs: Observability) -> None:
-    """BUG (instrumentation.py, ``_finish_run``): ``resume`` counts ``request_count``
+    """BUG (instrumentation.py, ``end_run``): ``resume`` counts ``request_count``
     again, so one request received counts twice."""
     wf = InstrumentedRiskWorkflow(obs, config=WorkflowConfig(interrupt_for_approval=True))
     request = make_request(REVIEW, "req-once")
