@@ -1128,6 +1128,172 @@ static PyTypeObject TracerBaseType = {
 };
 
 /* ------------------------------------------------------------------------ */
+/* NodeWrapper: the workflow instrumentation's wrapper of a sync node       */
+
+/* NodeWrapper(fn, name, tracer, after, failed, labels_ok, ok_labels, metric):
+   calling it runs what instrumentation.py's pure-Python `sync_node` closure
+   runs -- a child span, the node, then either `after(span, name, result)` for
+   an update carrying "llm_call" or the span's end with its latency under the
+   tenant's ready-made ok labels (`ok_labels.get(tenant) or labels_ok(tenant)`);
+   an exception goes to `failed(span, name, exc)` and is re-raised unchanged.
+   The instance has a __dict__, so functools.update_wrapper gives it the node's
+   __wrapped__, __name__ and signature as the closure has them. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *fn, *name, *tracer, *after, *failed, *labels_ok, *ok_labels, *metric, *dict;
+    vectorcallfunc vectorcall;
+} NodeWrapper;
+
+#define NODE_FIELDS(X) X(fn) X(name) X(tracer) X(after) X(failed) X(labels_ok) X(ok_labels) \
+    X(metric) X(dict)
+
+static int node_traverse(NodeWrapper *self, visitproc visit, void *arg) {
+#define VISIT(f) Py_VISIT(self->f);
+    NODE_FIELDS(VISIT)
+#undef VISIT
+    return 0;
+}
+
+static int node_clear(NodeWrapper *self) {
+#define CLEAR(f) Py_CLEAR(self->f);
+    NODE_FIELDS(CLEAR)
+#undef CLEAR
+    return 0;
+}
+
+GC_DEALLOC(node, NodeWrapper)
+
+static PyObject *s_llm_call, *s_node;
+
+/* The node raised: hand the exception to `failed`, then raise it again
+   unchanged (an exception from `failed` itself propagates, chained to it). */
+static PyObject *node_failed(NodeWrapper *self, PyObject *span) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (tb != NULL) PyException_SetTraceback(value, tb);
+    PyObject *r = PyObject_CallFunctionObjArgs(self->failed, span, self->name, value, NULL);
+    if (r == NULL) {
+        PyObject *type2, *value2, *tb2;
+        PyErr_Fetch(&type2, &value2, &tb2);
+        PyErr_NormalizeException(&type2, &value2, &tb2);
+        if (value2 != value) PyException_SetContext(value2, Py_NewRef(value));
+        PyErr_Restore(type2, value2, tb2);
+        Py_XDECREF(type);
+        Py_XDECREF(value);
+        Py_XDECREF(tb);
+        return NULL;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(type, value, tb);
+    return NULL;
+}
+
+static PyObject *node_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
+                                 PyObject *kwnames) {
+    NodeWrapper *self = (NodeWrapper *)callable;
+    if (!PyObject_TypeCheck(self->tracer, &TracerBaseType)) {
+        PyErr_SetString(PyExc_TypeError, "NodeWrapper needs a TracingService");
+        return NULL;
+    }
+    PyObject *start[2] = {self->name, s_node};
+    PyObject *span = tracer_start_child((TracerBase *)self->tracer, start, 2);
+    if (span == NULL) return NULL;
+    PyObject *result = PyObject_Vectorcall(self->fn, args, nargsf, kwnames);
+    if (result == NULL) {
+        node_failed(self, span);
+        Py_DECREF(span);
+        return NULL;
+    }
+    if (PyDict_CheckExact(result)) {
+        int llm = PyDict_Contains(result, s_llm_call);
+        if (llm != 0) {
+            PyObject *r = llm < 0 ? NULL : PyObject_CallFunctionObjArgs(
+                self->after, span, self->name, result, NULL);
+            Py_DECREF(span);
+            if (r == NULL) {
+                Py_DECREF(result);
+                return NULL;
+            }
+            Py_DECREF(r);
+            return result;
+        }
+    }
+    /* The common end: the span and its latency, with the tenant's ok labels. */
+    SpanBase *node = (SpanBase *)span;
+    PyObject *tenant = node->tenant_id ? node->tenant_id : Py_None;
+    Py_INCREF(tenant);
+    PyObject *labels = PyDict_GetItemWithError(self->ok_labels, tenant); /* borrowed */
+    int truthy = labels == NULL ? 0 : PyObject_IsTrue(labels);
+    if (truthy > 0) {
+        Py_INCREF(labels);
+    } else if (truthy == 0 && !PyErr_Occurred()) {
+        labels = PyObject_CallOneArg(self->labels_ok, tenant);
+    } else {
+        labels = NULL;
+    }
+    Py_DECREF(tenant);
+    PyObject *record = labels == NULL ? NULL : finish_span(
+        self->tracer, node, Py_None, Py_None, self->metric, labels);
+    Py_XDECREF(labels);
+    Py_DECREF(span);
+    if (record == NULL) {
+        Py_DECREF(result);
+        return NULL;
+    }
+    Py_DECREF(record);
+    return result;
+}
+
+static PyObject *node_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
+    PyObject *fn, *name, *tracer, *after, *failed, *labels_ok, *ok_labels, *metric;
+    if (!_PyArg_NoKeywords("NodeWrapper", kwargs) ||
+        !PyArg_ParseTuple(args, "OUO!OOOO!U:NodeWrapper", &fn, &name, &TracerBaseType, &tracer,
+                          &after, &failed, &labels_ok, &PyDict_Type, &ok_labels, &metric)) {
+        return NULL;
+    }
+    if (!PyCallable_Check(fn) || !PyCallable_Check(after) || !PyCallable_Check(failed) ||
+        !PyCallable_Check(labels_ok)) {
+        PyErr_SetString(PyExc_TypeError, "fn, after, failed and labels_ok must be callable");
+        return NULL;
+    }
+    NodeWrapper *self = (NodeWrapper *)type->tp_alloc(type, 0);
+    if (self == NULL) return NULL;
+    self->fn = Py_NewRef(fn);
+    self->name = Py_NewRef(name);
+    self->tracer = Py_NewRef(tracer);
+    self->after = Py_NewRef(after);
+    self->failed = Py_NewRef(failed);
+    self->labels_ok = Py_NewRef(labels_ok);
+    self->ok_labels = Py_NewRef(ok_labels);
+    self->metric = Py_NewRef(metric);
+    self->vectorcall = node_vectorcall;
+    return (PyObject *)self;
+}
+
+static PyGetSetDef node_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL},
+};
+
+static PyTypeObject NodeWrapperType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "collectors._speedups.NodeWrapper",
+    .tp_basicsize = sizeof(NodeWrapper),
+    .tp_dealloc = (destructor)node_dealloc,
+    .tp_vectorcall_offset = offsetof(NodeWrapper, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "NodeWrapper(fn, name, tracer, after, failed, labels_ok, ok_labels, metric): "
+              "a sync node with its span, latency and failure capture (compiled).",
+    .tp_traverse = (traverseproc)node_traverse,
+    .tp_clear = (inquiry)node_clear,
+    .tp_dictoffset = offsetof(NodeWrapper, dict),
+    .tp_getset = node_getset,
+    .tp_new = node_new,
+};
+
+/* ------------------------------------------------------------------------ */
 /* MetricsBase: MetricsCollector.increment / observe_latency                */
 
 typedef struct {
@@ -1761,6 +1927,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     INTERN(s_yield_at, "_yield_at")
     INTERN(s_send, "send")
     INTERN(s_costs, "costs")
+    INTERN(s_llm_call, "llm_call")
+    INTERN(s_node, "node")
     INTERN(s_parent, "parent")
     INTERN(s_root, "root")
     INTERN(s_batch, "batch")
@@ -1799,7 +1967,7 @@ PyMODINIT_FUNC PyInit__speedups(void) {
     if (PyType_Ready(&CollectorBaseType) < 0 || PyType_Ready(&SpanBaseType) < 0 ||
         PyType_Ready(&TracerBaseType) < 0 || PyType_Ready(&MetricsBaseType) < 0 ||
         PyType_Ready(&CounterCellType) < 0 || PyType_Ready(&HistogramCellType) < 0 ||
-        PyType_Ready(&MetricsApplierType) < 0) {
+        PyType_Ready(&MetricsApplierType) < 0 || PyType_Ready(&NodeWrapperType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&speedups_module);
@@ -1810,7 +1978,8 @@ PyMODINIT_FUNC PyInit__speedups(void) {
         PyModule_AddObjectRef(m, "MetricsBase", (PyObject *)&MetricsBaseType) < 0 ||
         PyModule_AddObjectRef(m, "CounterCell", (PyObject *)&CounterCellType) < 0 ||
         PyModule_AddObjectRef(m, "HistogramCell", (PyObject *)&HistogramCellType) < 0 ||
-        PyModule_AddObjectRef(m, "MetricsApplier", (PyObject *)&MetricsApplierType) < 0) {
+        PyModule_AddObjectRef(m, "MetricsApplier", (PyObject *)&MetricsApplierType) < 0 ||
+        PyModule_AddObjectRef(m, "NodeWrapper", (PyObject *)&NodeWrapperType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -51,6 +51,7 @@ from app.workflows.langgraph.graph import GRAPH_NAME, RiskGraph, build_risk_grap
 from app.workflows.langgraph.llm import SimulatedLLM
 from app.workflows.langgraph.runner import resume_risk_workflow, run_risk_workflow
 from app.workflows.langgraph.state import LLMCall, RiskRequest, RiskState
+from collectors.hotpath import speedups
 from collectors.records import Labels
 
 __all__ = ("InstrumentedRiskWorkflow", "WorkflowInstrumentation", "build_instrumented_workflow")
@@ -159,6 +160,11 @@ class WorkflowInstrumentation:
                 return result
 
             return async_node
+
+        if speedups is not None:  # the closure below, compiled (collectors/_speedups.c)
+            compiled = speedups.NodeWrapper(
+                fn, name, self._tracing, after, failed, labels_ok, ok_labels, _NODE_LATENCY)
+            return functools.update_wrapper(compiled, fn)
 
         @functools.wraps(fn)
         def sync_node(*args: Any, **kwargs: Any) -> Any:

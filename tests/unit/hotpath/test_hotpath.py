@@ -21,6 +21,7 @@ import pytest
 from app.observability import Observability
 from app.observability.metrics import MetricsCollector
 from app.observability.tracing import Span, TracingService
+from app.workflows.langgraph.instrumentation import WorkflowInstrumentation
 from collectors import hotpath
 from collectors.base import Collector
 from collectors.metrics import MetricsStoreCollector
@@ -51,6 +52,13 @@ def test_the_compiled_hot_path_is_built_and_used_unless_pure_python_is_asked_for
         assert issubclass(TracingService, speedups.TracerBase)
         assert issubclass(MetricsCollector, speedups.MetricsBase)
         assert issubclass(Collector, speedups.CollectorBase)
+        with Observability() as obs:  # sync nodes get the compiled wrapper
+            def node(state: dict[str, object]) -> dict[str, object]:
+                return state
+
+            wrapped = WorkflowInstrumentation(obs).wrap_node("n", node)
+            assert type(wrapped) is speedups.NodeWrapper
+            assert wrapped.__wrapped__ is node and wrapped.__name__ == "node"
 
 
 def _scenario(pure: bool) -> dict[str, object]:
