@@ -498,12 +498,13 @@ loop). Garbage collection pauses account for {fmt_us(gc_ours)} µs per node (the
 {fmt_us(gc_anchor)} µs). `log_generation_sync` alone costs {fmt_us(generation)} µs with the
 collectors running; with the collectors paused the whole node costs the caller
 {fmt_us(paused)} µs, and applying its records afterwards {fmt_us(drain)} µs. Per generation the
-caller validates, prices with `Decimal` (`estimate_cost`, `build_record`), builds four
-`(metric, labels, value)` tuples on label sets it built once, a `CostRecord`, a random 96-bit
-event id, a flat attribute tuple and a 13-field span tuple; the collectors then apply five
-records. The span redactor no longer runs when a span is stored, only where spans leave the
-store (reads and exports), so the generation's unique `event_id` no longer costs a memo miss
-per call. Measured side by side in the breakdown: the whole node {fmt_us(reference)} µs,
+caller validates (one merged check on the fast path), reads the price from the cost
+tracker's bounded per-(model, tokens) cache of the `Decimal` price (`CostTracker.price`),
+builds four `(metric, labels, value)` tuples on label sets it built once, a `CostRecord`, a
+random 96-bit event id, a flat attribute tuple and a 13-field span tuple; the collectors then
+apply five records. The span redactor no longer runs when a span is stored, only where spans
+leave the store (reads and exports), so the generation's unique `event_id` no longer costs a
+memo miss per call. Measured side by side in the breakdown: the whole node {fmt_us(reference)} µs,
 without the redactor (`redact=False`) {fmt_us(no_redact)} µs (now about the same), with the
 start-up heap frozen (`gc.freeze()`, prototype row) {fmt_us(frozen)} µs.
 
@@ -517,8 +518,9 @@ Design changes (for the lead), in order of payoff:
    arguments (tenant, model, prompt, tokens, latency, cost, ids, parent ids) and let the trace
    collector expand it into the `SpanRecord` with its attribute tuple; the caller then builds
    one tuple instead of a dict, a tuple of pairs and a record.
-3. **Price without `Decimal` on the hot path**: integer micro-dollars (or a per-(model,
-   tokens) cache of the `Decimal` product), converting to `Decimal` at export.
+3. **Price without `Decimal` on the collector too**: the caller already reads cached
+   `Decimal` prices; the cost store still adds `Decimal`s (five sums per record); integer
+   micro-dollars there, converted to `Decimal` at export, would make those additions cheap.
 {freeze_advice}
 
 A 30x margin means a span, a generation and seven metric updates in about {fmt_us(budget)} µs

@@ -183,37 +183,51 @@ class CostStoreCollector(Collector[CostStore]):
         return CostStore(self._generations)
 
     def _apply(self, record: CostRecord | ResetRecord) -> None:
-        """Add one priced usage to every aggregate. Collector thread only."""
-        store = self._store
-        if type(record) is ResetRecord:
-            self._store = self._new_store()
-            return
-        assert isinstance(record, CostRecord)
-        tenant, model, cost = record.tenant_id, record.model_version, record.cost
-        store.total += cost
-        before = store.by_tenant.get(tenant, _ZERO)
-        store.by_tenant[tenant] = after = before + cost
-        store.by_model[model] = store.by_model.get(model, _ZERO) + cost
-        pair = (tenant, model)
-        store.by_tenant_model[pair] = store.by_tenant_model.get(pair, _ZERO) + cost
-        store.generations[tenant] = store.generations.get(tenant, 0) + 1
-        store.input_tokens[tenant] = store.input_tokens.get(tenant, 0) + record.input_tokens
-        store.output_tokens[tenant] = store.output_tokens.get(tenant, 0) + record.output_tokens
-        if not record.priced:
-            store.unpriced[model] = store.unpriced.get(model, 0) + 1
-        request = record.request_id
-        if request is not None:
-            self._add_request_cost(store, request, cost)
-        budget = self._budgets.get(tenant)
-        if budget is not None:
-            self._check_budget(store, tenant, budget, before, after, record)
+        """Add one priced usage to every aggregate. Collector thread only.
 
-    def _add_request_cost(self, store: CostStore, request: str, cost: Decimal) -> None:
-        generations = store.by_request
-        for generation in reversed(generations):  # newest first: where repeats are
-            if request in generation:
-                generation[request] += cost
+        Runs once per logged generation, on a thread that shares the GIL with
+        the workflow: the record is unpacked once and each aggregate's dict is
+        read into a local, so every field and table is looked up only once.
+        """
+        if type(record) is not CostRecord:
+            if type(record) is ResetRecord:
+                self._store = self._new_store()
                 return
+            assert isinstance(record, CostRecord)
+        store = self._store
+        tenant, request, model, input_tokens, output_tokens, cost, priced, _ = record
+        store.total += cost
+        by_tenant = store.by_tenant
+        before = by_tenant.get(tenant, _ZERO)
+        by_tenant[tenant] = after = before + cost
+        by_model = store.by_model
+        by_model[model] = by_model.get(model, _ZERO) + cost
+        pair = (tenant, model)
+        by_tenant_model = store.by_tenant_model
+        by_tenant_model[pair] = by_tenant_model.get(pair, _ZERO) + cost
+        generations = store.generations
+        generations[tenant] = generations.get(tenant, 0) + 1
+        input_totals = store.input_tokens
+        input_totals[tenant] = input_totals.get(tenant, 0) + input_tokens
+        output_totals = store.output_tokens
+        output_totals[tenant] = output_totals.get(tenant, 0) + output_tokens
+        if not priced:
+            store.unpriced[model] = store.unpriced.get(model, 0) + 1
+        if request is not None:  # a request kept already adds to its generation
+            for generation in reversed(store.by_request):  # newest first: where repeats are
+                if request in generation:
+                    generation[request] += cost
+                    break
+            else:
+                self._add_request(store, request, cost)
+        if self._budgets:
+            budget = self._budgets.get(tenant)
+            if budget is not None:
+                self._check_budget(store, tenant, budget, before, after, record)
+
+    def _add_request(self, store: CostStore, request: str, cost: Decimal) -> None:
+        """A request not kept yet joins the newest generation (see the class docstring)."""
+        generations = store.by_request
         newest = generations[-1]
         if len(newest) >= self._generation:
             if len(generations) == generations.maxlen:

@@ -28,12 +28,19 @@ from app.observability.settings import ModelPrice
 from collectors.cost import CostSnapshot, CostStoreCollector, ResetRecord
 from collectors.records import CostRecord
 
-__all__ = ("CostEstimate", "CostTracker")
+__all__ = ("PRICE_CACHE_SIZE", "CostEstimate", "CostTracker", "Price")
 
 _logger = structlog.get_logger(__name__)
 _WARN_INTERVAL = 60.0
 #: Upper bound of an explicit per-call cost (USD); far above any real call.
 _MAX_COST = Decimal("1E+15")
+#: Priced usages remembered (model version x token counts); cleared when full.
+PRICE_CACHE_SIZE = 4_096
+
+_new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__
+
+#: A priced usage: the cost and ``str(cost)`` (the generation span's ``cost_usd``).
+Price = tuple[Decimal, str]
 
 
 class CostEstimate(NamedTuple):
@@ -71,6 +78,10 @@ class CostTracker:
         self._policy = unpriced_policy
         self._read_timeout = read_timeout
         self._last_unpriced_warning = 0.0
+        #: (model version, input tokens, output tokens) -> its :data:`Price`, priced
+        #: models only (see :meth:`price`). Read directly by trusted hot paths
+        #: (``LangfuseClient``); never replaced, only cleared.
+        self.price_cache: dict[tuple[str, int, int], Price] = {}
 
     @property
     def priced_models(self) -> frozenset[str]:
@@ -89,12 +100,45 @@ class CostTracker:
         _check_text("model_version", model_version)
         _check_tokens("input_tokens", input_tokens)
         _check_tokens("output_tokens", output_tokens)
-        rates = self._rates.get(model_version)
-        if rates is None:
+        price = self.price(model_version, input_tokens, output_tokens)
+        if price is None:
             return CostEstimate(Decimal(0), False)
-        ctx = self._context
-        cost = ctx.add(ctx.multiply(rates[0], input_tokens), ctx.multiply(rates[1], output_tokens))
-        return CostEstimate(cost, True)
+        estimate: CostEstimate = _new_tuple(CostEstimate, (price[0], True))
+        return estimate
+
+    def price(self, model_version: str, input_tokens: int, output_tokens: int) -> Price | None:
+        """The cost of validated usage and its ``str``; ``None`` for an unpriced model.
+
+        For trusted callers: ``model_version`` a non-empty ``str``, the token
+        counts ``int`` (not ``bool``) ``>= 0``. Nothing is recorded and the
+        unpriced policy is not applied (the caller does that, see
+        :meth:`build_record`), which is why an unpriced model is never cached.
+
+        Why a cache: pricing is two ``Decimal`` multiplications and an
+        addition in a fixed context (~0.7 µs) and ``str(cost)`` (~0.2 µs),
+        the most expensive part of logging a generation, while the same model
+        and token counts recur (a workflow's prompts have few sizes). The
+        result depends only on the key and the fixed rates, so a cached price
+        equals a fresh one. The cache is bounded: past
+        :data:`PRICE_CACHE_SIZE` entries it is cleared, so arbitrary token
+        counts cannot grow memory. ``dict`` operations are atomic, so threads
+        may share it; at worst two of them price the same usage twice.
+        """
+        key = (model_version, input_tokens, output_tokens)
+        price = self.price_cache.get(key)
+        if price is None:
+            rates = self._rates.get(model_version)
+            if rates is None:
+                return None
+            ctx = self._context
+            cost = ctx.add(ctx.multiply(rates[0], input_tokens),
+                           ctx.multiply(rates[1], output_tokens))
+            price = (cost, str(cost))
+            cache = self.price_cache
+            if len(cache) >= PRICE_CACHE_SIZE:
+                cache.clear()
+            cache[key] = price
+        return price
 
     def add_cost(
         self,
@@ -155,10 +199,11 @@ class CostTracker:
             priced = True
         if not priced:
             self._unpriced(model_version)
-        return CostRecord(
+        record: CostRecord = _new_tuple(CostRecord, (
             tenant_id, request_id, model_version, input_tokens, output_tokens, cost, priced,
             time.time_ns(),
-        )
+        ))
+        return record
 
     def send_record(self, record: CostRecord) -> None:
         """Send a record from :meth:`build_record` to the cost store."""

@@ -19,15 +19,15 @@ that Langfuse's OTLP endpoint reads.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping
 from decimal import Decimal
+from time import time_ns as _time_ns
 from typing import NamedTuple
 
-from app.observability.cost_tracker import CostTracker
-from app.observability.tracing import TracingService, _check_attribute
+from app.observability.cost_tracker import CostTracker, Price
+from app.observability.tracing import Span, SpanContext, TracingService, _check_attribute
 from collectors.metrics import MetricsStoreCollector
-from collectors.records import AttributeValue, Batch, Labels
+from collectors.records import AttributeValue, Batch, CostRecord, Labels
 
 __all__ = ("Generation", "LangfuseClient")
 
@@ -62,6 +62,10 @@ class LangfuseClient:
         self._tracing = tracing
         self._costs = costs
         self._metrics = metrics
+        # The fast path's shortcuts, both fixed for the life of their owners: the
+        # tracer's current-span variable and the cost tracker's price cache.
+        self._current = tracing._current
+        self._prices = costs.price_cache
         #: (tenant, model, prompt) -> the usage metrics' label sets (bounded).
         self._usage_labels: dict[tuple[str, str, str], tuple[Labels, Labels, Labels, Labels]] = {}
 
@@ -103,6 +107,153 @@ class LangfuseClient:
         Raises:
             ValueError: Empty ids, negative tokens or latency, non-finite values.
             TypeError: Wrong types.
+
+        The workflow instrumentation calls this once per request, inside a
+        node span of a batched run, and it used to be the most expensive call
+        of the instrumentation. So the common call -- valid arguments, a priced
+        model, no ``metadata`` and no ``estimated_cost`` -- takes a fast path:
+        one merged validation (it only says *whether* everything is valid),
+        the price from :attr:`CostTracker.price_cache`, the records built as
+        plain tuples, and in a batched run the generation span appended to the
+        outbox here rather than by :meth:`TracingService.record_finished`.
+        Every other call, including every invalid one, takes
+        :meth:`_log_generation_checked`, which checks the arguments one by one
+        in the documented order (same errors, same messages) and applies the
+        unpriced policy. Both paths record the same things and draw the same
+        ids from the tracer's generator, in the same order.
+        """
+        end_ns = _time_ns()
+        current = self._current.get()
+        parent = current if isinstance(current, Span) else None
+        if request_id is None and parent is not None:
+            request_id = parent.request_id
+        price: Price | None = None
+        duration_ns = 0
+        if (
+            metadata is None and estimated_cost is None
+            and type(tenant_id) is str and tenant_id
+            and type(model_version) is str and model_version
+            and type(prompt_version) is str and prompt_version
+            and type(input_tokens) is int and input_tokens >= 0
+            and type(output_tokens) is int and output_tokens >= 0
+            # (a NaN fails the comparison; end_ns / 1e9 bounds it below infinity)
+            and (type(latency) is float or type(latency) is int)
+            and 0 <= latency <= end_ns / 1e9
+            and type(name) is str and name
+            and type(provider) is str and provider
+            and (event_id is None or (type(event_id) is str and event_id))
+            and (request_id is None or (type(request_id) is str and request_id))
+        ):
+            duration_ns = round(latency * 1e9)
+            if duration_ns <= end_ns:  # (rounding may say otherwise at the very edge)
+                price = self._prices.get((model_version, input_tokens, output_tokens))
+                if price is None:  # not cached yet, or an unpriced model (None again)
+                    price = self._costs.price(model_version, input_tokens, output_tokens)
+        if price is None:
+            return self._log_generation_checked(
+                end_ns, current, parent, tenant_id=tenant_id, model_version=model_version,
+                prompt_version=prompt_version, input_tokens=input_tokens,
+                output_tokens=output_tokens, latency=latency, estimated_cost=estimated_cost,
+                event_id=event_id, request_id=request_id, name=name, provider=provider,
+                metadata=metadata,
+            )
+        cost, cost_usd = price
+        cost_record: CostRecord = _new_tuple(CostRecord, (
+            tenant_id, request_id, model_version, input_tokens, output_tokens, cost, True,
+            _time_ns(),
+        ))
+        labels = self._usage_labels.get((tenant_id, model_version, prompt_version))
+        if labels is None:
+            labels = self._usage_label_sets(tenant_id, model_version, prompt_version)
+        model, prompt, tokens_in, tokens_out = labels
+        usage = (
+            ("model_usage_count", model, 1),
+            ("prompt_usage_count", prompt, 1),
+            ("token_usage", tokens_in, input_tokens),
+            ("token_usage", tokens_out, output_tokens),
+        )
+        tracing = self._tracing
+        rng = tracing._rng  # read per call: replaced in a forked child
+        if event_id is None:
+            # The string TracingService.new_id() formats (24 hex digits), without the
+            # method call and ~3x cheaper: int formatting with a width is slow.
+            event_id = "gen-" + rng.getrandbits(96).to_bytes(12, "big").hex()
+        correlation_id = parent.correlation_id if parent is not None else None
+        if correlation_id is not None and request_id is not None:  # a workflow run's node
+            attributes: tuple[AttributeValue, ...] = (
+                "tenant_id", tenant_id, "model_version", model_version,
+                "prompt_version", prompt_version, "input_tokens", input_tokens,
+                "output_tokens", output_tokens, "cost_usd", cost_usd, "priced", True,
+                "event_id", event_id, "provider", provider,
+                "correlation_id", correlation_id, "request_id", request_id,
+            )
+        else:
+            attributes = (
+                "tenant_id", tenant_id, "model_version", model_version,
+                "prompt_version", prompt_version, "input_tokens", input_tokens,
+                "output_tokens", output_tokens, "cost_usd", cost_usd, "priced", True,
+                "event_id", event_id, "provider", provider,
+            )
+            if correlation_id is not None:
+                attributes += ("correlation_id", correlation_id)
+            if request_id is not None:
+                attributes += ("request_id", request_id)
+        outbox = parent.outbox if parent is not None else None
+        if parent is None or outbox is None or not outbox.open:
+            self._costs.send_record(cost_record)
+            self._metrics.send(Batch(usage), 4)
+            record = tracing.record_finished(
+                name, "generation", end_ns - duration_ns, end_ns, attributes, current)
+            result: Generation = _new_tuple(
+                Generation, (event_id, cost, True, record[0], record[1]))
+            return result
+        # Inside a batched workflow run: what record_finished() does for a local
+        # parent with an open outbox, the same span id draw and the same record.
+        trace_id = parent.trace_id
+        span_id = rng.getrandbits(64) or 1
+        outbox.costs.append(cost_record)
+        metrics = outbox.metrics
+        metrics.extend(usage)
+        if parent.sampled:
+            spans = outbox.spans
+            spans.append((
+                trace_id, span_id, parent.span_id, name, "generation", end_ns - duration_ns,
+                end_ns, "ok", None, None, attributes, (), False,
+            ))
+            if not outbox.open or len(spans) + len(metrics) >= outbox.limit:
+                tracing.send_outbox(outbox)  # closed by its root meanwhile, or a long run
+        elif not outbox.open:  # closed by its root meanwhile: send it ourselves
+            tracing.send_outbox(outbox)
+        result = _new_tuple(Generation, (event_id, cost, True, trace_id, span_id))
+        return result
+
+    def _log_generation_checked(
+        self,
+        end_ns: int,
+        current: Span | SpanContext | None,
+        parent: Span | None,
+        *,
+        tenant_id: str,
+        model_version: str,
+        prompt_version: str,
+        input_tokens: int,
+        output_tokens: int,
+        latency: float,
+        estimated_cost: Decimal | None,
+        event_id: str | None,
+        request_id: str | None,
+        name: str,
+        provider: str,
+        metadata: Mapping[str, AttributeValue] | None,
+    ) -> Generation:
+        """:meth:`log_generation_sync` for every call its fast path does not take.
+
+        Checks each argument in turn (the first bad one raises, with its own
+        message), applies the unpriced policy through
+        :meth:`CostTracker.build_record`, and records the generation.
+        ``current`` is the current span or remote context, ``parent`` the
+        current local span (or ``None``), and ``request_id`` already defaults
+        to the parent's.
         """
         for field, text in (("prompt_version", prompt_version), ("name", name),
                             ("provider", provider)):
@@ -114,7 +265,6 @@ class LangfuseClient:
             raise TypeError(f"latency must be a float (seconds), got {type(latency).__name__}")
         if not 0 <= latency < math.inf:
             raise ValueError(f"latency must be finite and >= 0 seconds, got {latency!r}")
-        end_ns = time.time_ns()
         duration_ns = round(latency * 1e9) if latency <= end_ns / 1e9 else -1
         if not 0 <= duration_ns <= end_ns:  # the start would precede the Unix epoch
             raise ValueError(f"latency must not exceed the time since the epoch, got {latency!r}")
@@ -129,9 +279,6 @@ class LangfuseClient:
                     _check_attribute(key, value)
                 except (TypeError, ValueError) as exc:
                     raise type(exc)(f"metadata: {exc}") from None
-        parent = self._tracing.current_span()
-        if request_id is None and parent is not None:
-            request_id = parent.request_id
         cost_record = self._costs.build_record(
             tenant_id=tenant_id, model_version=model_version, input_tokens=input_tokens,
             output_tokens=output_tokens, request_id=request_id, cost=estimated_cost,
@@ -184,7 +331,7 @@ class LangfuseClient:
                 if key not in taken:
                     attributes += (key, value)
         record = self._tracing.record_finished(
-            name, "generation", end_ns - duration_ns, end_ns, attributes
+            name, "generation", end_ns - duration_ns, end_ns, attributes, current
         )
         result: Generation = _new_tuple(Generation, (event_id, cost, priced, record[0], record[1]))
         return result

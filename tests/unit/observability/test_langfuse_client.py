@@ -12,9 +12,11 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+import structlog
 
 from app.observability import Generation, Observability
 from app.observability.otlp import spans_to_otlp
+from collectors.records import CostRecord
 
 MakeObs = Callable[..., Observability]
 
@@ -244,3 +246,214 @@ def test_generations_count_toward_the_outbox_limit(obs: Observability) -> None:
     obs.tracing.end_span_sync(root)
     assert obs.flush(5.0)
     assert len(obs.tracing.finished_spans()) == 4
+
+
+# --- the fast path and the checked path record the same things ---------------------
+#
+# ``log_generation_sync`` takes a fast path for the common call (valid arguments, a
+# priced model, no metadata, no explicit cost) and a checked path otherwise. An empty
+# ``metadata`` mapping adds nothing but sends a call down the checked path, so two
+# containers with the same ``id_seed`` doing the same calls, one with ``metadata={}``,
+# must record exactly the same records (timestamps aside) and draw the same ids.
+
+_WORKFLOW_CALL: dict[str, Any] = {
+    "tenant_id": "t1", "model_version": "risk-llm-v2", "prompt_version": "risk_scoring/v3",
+    "input_tokens": 412, "output_tokens": 96, "latency": 0.0123, "provider": "simulated",
+}
+
+
+def _untimed_span(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A span record without its start and end times (fields 5 and 6)."""
+    return tuple(record[:5]) + tuple(record[7:])
+
+
+def _untimed_cost(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A cost record without its timestamp (the last field)."""
+    return tuple(record[:7])
+
+
+def _log(obs: Observability, checked: bool, **arguments: Any) -> Generation:
+    if checked:
+        arguments["metadata"] = {}
+    return obs.langfuse.log_generation_sync(**arguments)
+
+
+def _batched_run(obs: Observability, checked: bool, calls: int, **overrides: Any) -> Any:
+    """A workflow-like run: generations inside a node span of a batched root."""
+    root = obs.tracing.start_span_sync(
+        "wf", kind="workflow", root=True, tenant_id="t1", correlation_id="c1",
+        request_id="r1", batch=True,
+    )
+    node = obs.tracing.start_child_span("risk_scoring", "node")
+    outbox = node.outbox
+    assert outbox is not None and outbox is root.outbox
+    outbox.limit = 10_000  # keep everything in the outbox to compare it
+    generations = [_log(obs, checked, **{**_WORKFLOW_CALL, **overrides}) for _ in range(calls)]
+    taken = (
+        [_untimed_span(span) for span in outbox.spans],
+        list(outbox.metrics),
+        [_untimed_cost(cost) for cost in outbox.costs],
+        generations,
+    )
+    obs.tracing.end_span_sync(node)
+    obs.tracing.end_span_sync(root)
+    return taken
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.0], ids=["sampled", "sampled-out"])
+def test_fast_and_checked_paths_fill_the_outbox_alike(make_obs: MakeObs, ratio: float) -> None:
+    fast = make_obs(id_seed=99, sample_ratio=ratio)
+    checked = make_obs(id_seed=99, sample_ratio=ratio)
+
+    spans, metrics, costs, generations = _batched_run(fast, False, 3)
+    assert (spans, metrics, costs, generations) == _batched_run(checked, True, 3)
+
+    assert len(spans) == (3 if ratio else 0)
+    assert len(metrics) == 12 and len(costs) == 3
+    first = generations[0]
+    assert first.cost == Decimal("0.0018120") and first.priced is True
+    assert first.event_id.startswith("gen-") and len(first.event_id) == 4 + 24
+    if ratio:
+        assert spans[0][:2] == (first.trace_id, first.span_id)
+        assert dict(zip(spans[0][8][::2], spans[0][8][1::2], strict=True)) == {
+            "tenant_id": "t1", "model_version": "risk-llm-v2",
+            "prompt_version": "risk_scoring/v3", "input_tokens": 412, "output_tokens": 96,
+            "cost_usd": "0.0018120", "priced": True, "event_id": first.event_id,
+            "provider": "simulated", "correlation_id": "c1", "request_id": "r1",
+        }
+    for obs in (fast, checked):
+        assert obs.flush()
+        assert obs.costs.get_request_cost("r1") == 3 * Decimal("0.0018120")
+
+
+def test_the_fast_path_builds_cost_records(obs: Observability) -> None:
+    """The cost collector checks ``isinstance(record, CostRecord)``: plain tuples would fail."""
+    root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1", batch=True)
+    assert root.outbox is not None
+    obs.langfuse.log_generation_sync(**_WORKFLOW_CALL)
+    (cost,) = root.outbox.costs
+    generation = obs.langfuse.log_generation_sync(**_WORKFLOW_CALL)
+    obs.tracing.end_span_sync(root)
+
+    assert type(cost) is CostRecord
+    assert cost.time_ns > 0 and cost.request_id is None
+    assert type(generation) is Generation
+    assert obs.flush()
+    health = obs.health()
+    assert health.collectors["cost"].handler_errors == 0
+    assert obs.costs.get_tenant_cost("t1") == 2 * Decimal("0.0018120")
+
+
+def _recorded(obs: Observability) -> tuple[Any, ...]:
+    assert obs.flush()
+    spans = tuple(_untimed_span(tuple(span)) for span in obs.tracing.finished_spans())
+    snapshot = obs.costs.snapshot()
+    exported = obs.metrics.export_metrics()
+    usage = {metric: sorted((sorted(s["labels"].items()), s["value"])
+                            for s in exported[metric]["series"])
+             for metric in ("model_usage_count", "prompt_usage_count", "token_usage")}
+    return spans, snapshot.by_tenant, snapshot.usage, dict(snapshot.unpriced), usage
+
+
+@pytest.mark.parametrize("where", ["no-parent", "plain-parent", "remote-parent",
+                                   "closed-outbox"])
+def test_fast_and_checked_paths_send_alike(make_obs: MakeObs, where: str) -> None:
+    results = []
+    for checked in (False, True):
+        obs = make_obs(id_seed=5)
+        generations = []
+        for request in ("r1", None):
+            if where == "no-parent":
+                generations.append(_log(obs, checked, request_id=request, **_WORKFLOW_CALL))
+            elif where == "remote-parent":
+                remote = obs.tracing.extract(
+                    {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+                assert remote is not None
+                token = obs.tracing.attach(remote)
+                try:
+                    generations.append(_log(obs, checked, request_id=request, **_WORKFLOW_CALL))
+                finally:
+                    obs.tracing.detach(token)
+            else:
+                batch = where == "closed-outbox"
+                with obs.tracing.span("node", kind="node", tenant_id="t1",
+                                      correlation_id="c1", request_id=request,
+                                      batch=batch) as node:
+                    if batch:  # its run ended meanwhile: the generation is sent directly
+                        assert node.outbox is not None
+                        node.outbox.open = False
+                    generations.append(_log(obs, checked, **_WORKFLOW_CALL))
+        results.append((generations, _recorded(obs)))
+
+    assert results[0] == results[1]
+    generations, (spans, by_tenant, _, _, _) = results[0]
+    assert by_tenant == {"t1": 2 * Decimal("0.0018120")}
+    generation_spans = [span for span in spans if span[4] == "generation"]
+    assert [span[:2] for span in generation_spans] == [
+        (g.trace_id, g.span_id) for g in generations]
+    if where == "remote-parent":
+        assert all(span[0] == int("ab" * 16, 16) for span in generation_spans)
+        assert all(span[2] == int("cd" * 8, 16) and span[-1] for span in generation_spans)
+
+
+class _ClosingList(list[Any]):
+    """An outbox list whose first append closes the outbox, as a root ending meanwhile."""
+
+    def __init__(self, outbox: Any) -> None:
+        super().__init__()
+        self._outbox = outbox
+
+    def append(self, item: Any) -> None:
+        self._outbox.open = False
+        super().append(item)
+
+
+@pytest.mark.parametrize("ratio", [1.0, 0.0], ids=["sampled", "sampled-out"])
+@pytest.mark.parametrize("checked", [False, True], ids=["fast", "checked"])
+def test_an_outbox_closed_during_the_call_is_sent_by_the_caller(
+    make_obs: MakeObs, checked: bool, ratio: float
+) -> None:
+    obs = make_obs(id_seed=3, sample_ratio=ratio)
+    root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1",
+                                       request_id="r1", batch=True)
+    outbox = root.outbox
+    assert outbox is not None
+    outbox.costs = _ClosingList(outbox)  # closed by the cost record's append
+
+    generation = _log(obs, checked, **_WORKFLOW_CALL)
+
+    assert (outbox.spans, outbox.metrics, list(outbox.costs)) == ([], [], [])
+    assert obs.flush()
+    if ratio:
+        (span,) = obs.tracing.finished_spans()
+        assert (span.trace_id, span.span_id) == (generation.trace_id, generation.span_id)
+    else:
+        assert obs.tracing.finished_spans() == ()
+    assert obs.costs.get_request_cost("r1") == generation.cost
+    assert _counter(obs, "token_usage", tenant_id="t1", model_version="risk-llm-v2",
+                    direction="input") == 412
+    obs.tracing.end_span_sync(root)
+
+
+@pytest.mark.parametrize("checked", [False, True], ids=["fast", "checked"])
+def test_unpriced_models_keep_their_policy_on_every_call(
+    make_obs: MakeObs, checked: bool
+) -> None:
+    """The price cache never holds an unpriced model: each call flags or raises."""
+    flagging, raising = make_obs(), make_obs(unpriced_policy="raise")
+    with structlog.testing.capture_logs() as logs:
+        for _ in range(3):
+            generation = _log(flagging, checked,
+                              **{**_WORKFLOW_CALL, "model_version": "mystery"})
+            assert (generation.cost, generation.priced) == (0, False)
+            with pytest.raises(ValueError, match="model_version 'mystery' has no price"):
+                _log(raising, checked, **{**_WORKFLOW_CALL, "model_version": "mystery"})
+
+    warnings = [log for log in logs if log["event"] == "observability.unpriced_model"]
+    assert [log["model_version"] for log in warnings] == ["mystery"]  # rate-limited
+    assert flagging.flush()
+    assert flagging.costs.snapshot().unpriced == {"mystery": 3}
+    assert all(span.attrs["priced"] is False for span in flagging.tracing.finished_spans())
+    for obs in (flagging, raising):
+        assert all(key[0] != "mystery" for key in obs.costs.price_cache)
+    _nothing_recorded(raising)
