@@ -72,3 +72,17 @@ def test_opcode_profile_attributes_the_added_work_to_the_instrumentation() -> No
     assert sum(added.values()) == pytest.approx(profile["instrumented"] - profile["bare"])
     # The floor node (benchmarks._prototypes.FloorNode) is counted in the same process.
     assert 100 < profile["floor_per_node"] < profile["instrumented"] - profile["bare"]
+
+
+@pytest.mark.timeout(30)
+def test_the_median_interval_brackets_the_median_and_narrows_with_more_rounds() -> None:
+    from benchmarks._harness import median_interval
+
+    assert median_interval([7.0]) == (7.0, 7.0)
+    low, high = median_interval(float(i) for i in range(100))
+    assert 39 <= low < 49.5 < high <= 60  # order statistics ~ n/2 -+ 0.98 sqrt(n)
+    wide = median_interval(float(i % 10) for i in range(10))
+    narrow = median_interval(float(i % 10) for i in range(1000))
+    assert wide[1] - wide[0] > narrow[1] - narrow[0]
+    with pytest.raises(ValueError):
+        median_interval([])
