@@ -72,8 +72,9 @@ class QuantileSketch:
             return 0.0  # only zeros are counted there (values are non-negative)
         seen = self._zero
         gamma = self._gamma
-        for index in sorted(self._bins):
-            seen += self._bins[index]
+        bins = self._bins  # read once: the compiled HistogramCell builds it per read
+        for index in sorted(bins):
+            seen += bins[index]
             if seen > rank:
                 try:
                     estimate = 2.0 * gamma**index / (gamma + 1.0)

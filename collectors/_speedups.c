@@ -1541,12 +1541,47 @@ static PyTypeObject CounterCellType = {
     .tp_init = (initproc)counter_init,
 };
 
+/* The quantile sketch of a HistogramCell (the DDSketch mapping of
+   collectors/_sketch.py, with the same index for every value) keeps its bins
+   in a C array of counts over a contiguous index range, so an observation is
+   one log, one bounds check and one increment (a dict of Python ints cost a
+   PyLong, a lookup, an addition and a store per observation).
+
+   The array starts with SKETCH_FIRST_BINS bins around the first index and
+   grows to cover a new one (at least doubling, keeping every bin it has), but
+   never spans more than `sketch_cap` indices: the bins of a value ratio of
+   SKETCH_SPAN_RATIO (a nanosecond to 30 years) at the cell's accuracy, at
+   least SKETCH_MIN_CAP (a ratio of ~4e35 at the default 1%: 32 KiB of counts)
+   and at most SKETCH_MAX_CAP (256 KiB; an accuracy finer than ~0.06%
+   covers less). An index the array cannot cover without exceeding its cap (a
+   series holding both 1e-300 and 1e300) is counted in a dict, `far_bins`,
+   exactly as the Python sketch counts every index: the old, slower path (and
+   apply_all declines a batch holding one). No bin is ever merged or dropped,
+   so the quantiles are exactly those of the Python sketch, and a series'
+   memory stays bounded by the array plus one dict entry per distinct far
+   index (the index range of all finite doubles at 1% is ~73,000). The
+   array's range only ever widens, so an index that once went to `far_bins`
+   never fits the array later (covering it would exceed the cap still): the
+   two hold disjoint indices. Readers (scrapes, snapshots) get their union as
+   `_bins`, a new {index: count} dict, which QuantileSketch.quantile reads. */
+#define SKETCH_FIRST_BINS 64
+#define SKETCH_MIN_CAP 4096
+#define SKETCH_MAX_CAP 32768
+#define SKETCH_SPAN_RATIO 1e18
+/* An index past this magnitude (reached only at an absurdly fine accuracy) is
+   kept as a Python int, in `far_bins`: below it a double is an exact C integer. */
+#define SKETCH_INDEX_LIMIT 4503599627370496.0 /* 2**52 */
+
 typedef struct {
     PyObject_HEAD
     PyObject *bounds;      /* tuple of float upper bounds (without +Inf) */
-    PyObject *bins;        /* dict: sketch bucket index -> count */
+    PyObject *far_bins;    /* dict: sketch index -> count, for indices outside the array; or NULL */
     double *bound_values;  /* the bounds as C doubles */
     long long *counts;     /* per bucket, the last one +Inf */
+    long long *sketch;     /* sketch counts of indices sketch_lo .. sketch_lo + sketch_len - 1 */
+    long long sketch_lo;
+    Py_ssize_t sketch_len; /* 0 until the first value > 0 */
+    Py_ssize_t sketch_cap; /* the most bins the array may span */
     Py_ssize_t nbounds;
     double sum, min, max, gamma, inv_log_gamma;
     Py_ssize_t count, zeros;
@@ -1569,11 +1604,9 @@ static int histogram_init(HistogramCell *self, PyObject *args, PyObject *kwargs)
     Py_ssize_t n = PyTuple_GET_SIZE(tuple);
     double *values = PyMem_New(double, n > 0 ? n : 1);
     long long *counts = PyMem_New(long long, n + 1);
-    PyObject *bins = PyDict_New();
-    if (values == NULL || counts == NULL || bins == NULL) {
+    if (values == NULL || counts == NULL) {
         PyMem_Free(values);
         PyMem_Free(counts);
-        Py_XDECREF(bins);
         Py_DECREF(tuple);
         PyErr_NoMemory();
         return -1;
@@ -1583,7 +1616,6 @@ static int histogram_init(HistogramCell *self, PyObject *args, PyObject *kwargs)
         if (values[i] == -1.0 && PyErr_Occurred()) {
             PyMem_Free(values);
             PyMem_Free(counts);
-            Py_DECREF(bins);
             Py_DECREF(tuple);
             return -1;
         }
@@ -1591,11 +1623,15 @@ static int histogram_init(HistogramCell *self, PyObject *args, PyObject *kwargs)
     for (Py_ssize_t i = 0; i <= n; i++) counts[i] = 0;
     PyMem_Free(self->bound_values);
     PyMem_Free(self->counts);
+    PyMem_Free(self->sketch);
     self->bound_values = values;
     self->counts = counts;
     self->nbounds = n;
+    self->sketch = NULL;
+    self->sketch_lo = 0;
+    self->sketch_len = 0;
     Py_XSETREF(self->bounds, tuple);
-    Py_XSETREF(self->bins, bins);
+    Py_CLEAR(self->far_bins);
     self->sum = 0.0;
     self->count = 0;
     self->zeros = 0;
@@ -1603,18 +1639,22 @@ static int histogram_init(HistogramCell *self, PyObject *args, PyObject *kwargs)
     self->max = -Py_HUGE_VAL;
     self->gamma = (1.0 + accuracy) / (1.0 - accuracy);
     self->inv_log_gamma = 1.0 / log(self->gamma);
+    double cap = ceil(log(SKETCH_SPAN_RATIO) * self->inv_log_gamma); /* NaN/inf: the max */
+    self->sketch_cap = cap >= SKETCH_MIN_CAP && cap <= SKETCH_MAX_CAP ? (Py_ssize_t)cap
+                       : cap < SKETCH_MIN_CAP                         ? SKETCH_MIN_CAP
+                                                                      : SKETCH_MAX_CAP;
     return 0;
 }
 
 static int histogram_traverse(HistogramCell *self, visitproc visit, void *arg) {
     Py_VISIT(self->bounds);
-    Py_VISIT(self->bins);
+    Py_VISIT(self->far_bins);
     return 0;
 }
 
 static int histogram_clear(HistogramCell *self) {
     Py_CLEAR(self->bounds);
-    Py_CLEAR(self->bins);
+    Py_CLEAR(self->far_bins);
     return 0;
 }
 
@@ -1623,33 +1663,85 @@ static void histogram_dealloc(HistogramCell *self) {
     histogram_clear(self);
     PyMem_Free(self->bound_values);
     PyMem_Free(self->counts);
+    PyMem_Free(self->sketch);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
-/* One observation (validated, finite, >= 0): its bucket, the sum, and the
-   quantile sketch (collectors/_sketch.py). 0, or -1 with nothing changed. */
-static int histogram_observe(HistogramCell *self, double value) {
-    if (self->counts == NULL || self->bins == NULL) {
-        PyErr_SetString(PyExc_RuntimeError, "HistogramCell is not initialised");
+/* The sketch index of a value > 0, ceil(log(value) * inv_log_gamma) as
+   collectors/_sketch.py computes it. 1 with `*index` set when it is an exact
+   C integer of sane size (any finite value at any usual accuracy), else 0
+   (an infinite or NaN index, or a huge one): `*raw` has it as a double. */
+static int sketch_index(HistogramCell *self, double value, double *raw, long long *index) {
+    double i = ceil(log(value) * self->inv_log_gamma);
+    *raw = i;
+    if (!(i >= -SKETCH_INDEX_LIMIT && i <= SKETCH_INDEX_LIMIT)) return 0;
+    *index = (long long)i;
+    return 1;
+}
+
+/* sketch_reserve for an index outside the array: a new, wider array. */
+static int sketch_grow(HistogramCell *self, long long index) {
+    long long lo = self->sketch_lo, len = self->sketch_len;
+    long long need_lo = index, need_hi = index; /* the range the array must cover */
+    if (len > 0) {
+        if (lo < need_lo) need_lo = lo;
+        if (lo + len - 1 > need_hi) need_hi = lo + len - 1;
+    }
+    long long cap = self->sketch_cap;
+    if (need_hi - need_lo >= cap) return 0;
+    long long need = need_hi - need_lo + 1;
+    long long grown = len * 2 > SKETCH_FIRST_BINS ? len * 2 : SKETCH_FIRST_BINS;
+    if (grown < need) grown = need;
+    if (grown > cap) grown = cap;
+    /* Grow toward the new index, keeping the old range: below it, the top stays. */
+    long long grown_lo = len == 0 ? index - grown / 2 : index < lo ? need_hi - grown + 1 : lo;
+    long long *sketch = PyMem_Calloc((size_t)grown, sizeof(long long));
+    if (sketch == NULL) {
+        PyErr_NoMemory();
         return -1;
     }
-    if (value > 0.0) { /* the sketch bin first: the one step that can fail */
-        PyObject *index = PyLong_FromDouble(ceil(log(value) * self->inv_log_gamma));
-        if (index == NULL) return -1;
-        PyObject *seen = PyDict_GetItemWithError(self->bins, index); /* borrowed */
-        PyObject *updated = NULL;
-        if (seen != NULL) {
-            updated = PyNumber_Add(seen, one);
-        } else if (!PyErr_Occurred()) {
-            updated = Py_NewRef(one);
-        }
-        int failed = updated == NULL || PyDict_SetItem(self->bins, index, updated) < 0;
-        Py_XDECREF(updated);
+    if (len > 0) memcpy(sketch + (lo - grown_lo), self->sketch, (size_t)len * sizeof(long long));
+    PyMem_Free(self->sketch);
+    self->sketch = sketch;
+    self->sketch_lo = grown_lo;
+    self->sketch_len = (Py_ssize_t)grown;
+    return 1;
+}
+
+/* Make `index` a slot of the sketch array, growing the array if its span
+   allows. 1: it is one; 0: covering it would exceed `sketch_cap` (it belongs
+   in `far_bins`); -1: out of memory. Nothing visible changes (a grown
+   array only adds empty bins), so apply_all may reserve before it decides. */
+static inline int sketch_reserve(HistogramCell *self, long long index) {
+    if (index >= self->sketch_lo && index - self->sketch_lo < self->sketch_len) return 1;
+    return sketch_grow(self, index);
+}
+
+/* Count one index in `far_bins` (a dict, as the Python sketch keeps every
+   bin). 0, or -1 with nothing changed: an infinite or NaN index is refused by
+   PyLong_FromDouble with the error math.ceil gives in collectors/_sketch.py. */
+static int sketch_count_far(HistogramCell *self, double raw) {
+    PyObject *index = PyLong_FromDouble(raw);
+    if (index == NULL) return -1;
+    if (self->far_bins == NULL && (self->far_bins = PyDict_New()) == NULL) {
         Py_DECREF(index);
-        if (failed) return -1;
-    } else {
-        self->zeros++;
+        return -1;
     }
+    PyObject *seen = PyDict_GetItemWithError(self->far_bins, index); /* borrowed */
+    PyObject *updated = NULL;
+    if (seen != NULL) {
+        updated = PyNumber_Add(seen, one);
+    } else if (!PyErr_Occurred()) {
+        updated = Py_NewRef(one);
+    }
+    int failed = updated == NULL || PyDict_SetItem(self->far_bins, index, updated) < 0;
+    Py_XDECREF(updated);
+    Py_DECREF(index);
+    return failed ? -1 : 0;
+}
+
+/* The Prometheus bucket, sum, count, min and max of one observation. Cannot fail. */
+static void histogram_tally(HistogramCell *self, double value) {
     Py_ssize_t lo = 0, hi = self->nbounds; /* bisect_left(bounds, value) */
     while (lo < hi) {
         Py_ssize_t mid = (lo + hi) / 2;
@@ -1661,6 +1753,29 @@ static int histogram_observe(HistogramCell *self, double value) {
     self->count++;
     if (value < self->min) self->min = value;
     if (value > self->max) self->max = value;
+}
+
+/* One observation (validated, finite, >= 0): its bucket, the sum, and the
+   quantile sketch (collectors/_sketch.py). 0, or -1 with nothing changed. */
+static int histogram_observe(HistogramCell *self, double value) {
+    if (self->counts == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "HistogramCell is not initialised");
+        return -1;
+    }
+    if (value > 0.0) { /* the sketch bin first: the one step that can fail */
+        double raw;
+        long long index;
+        int in_array = sketch_index(self, value, &raw, &index) ? sketch_reserve(self, index) : 0;
+        if (in_array < 0) return -1;
+        if (in_array) {
+            self->sketch[index - self->sketch_lo]++;
+        } else if (sketch_count_far(self, raw) < 0) {
+            return -1;
+        }
+    } else {
+        self->zeros++; /* zero (and anything not > 0 that gets here) */
+    }
+    histogram_tally(self, value);
     return 0;
 }
 
@@ -1709,6 +1824,32 @@ static PyObject *histogram_count(HistogramCell *self, void *closure) {
     return PyLong_FromSsize_t(self->count);
 }
 
+/* `_bins`: the sketch's non-zero bins as a new {index: count} dict, the
+   array's and `far_bins` (disjoint, see above). Built on each read: only
+   QuantileSketch.quantile reads it, once per quantile. */
+static PyObject *histogram_bins(HistogramCell *self, void *closure) {
+    PyObject *bins = self->far_bins != NULL ? PyDict_Copy(self->far_bins) : PyDict_New();
+    if (bins == NULL) return NULL;
+    for (Py_ssize_t i = 0; i < self->sketch_len; i++) {
+        if (self->sketch[i] == 0) continue;
+        PyObject *index = PyLong_FromLongLong(self->sketch_lo + i);
+        PyObject *n = index != NULL ? PyLong_FromLongLong(self->sketch[i]) : NULL;
+        int failed = n == NULL || PyDict_SetItem(bins, index, n) < 0;
+        Py_XDECREF(index);
+        Py_XDECREF(n);
+        if (failed) {
+            Py_DECREF(bins);
+            return NULL;
+        }
+    }
+    return bins;
+}
+
+/* `_bin_array`: (first index, length, most length) of the sketch array, for tests. */
+static PyObject *histogram_bin_array(HistogramCell *self, void *closure) {
+    return Py_BuildValue("(Lnn)", self->sketch_lo, self->sketch_len, self->sketch_cap);
+}
+
 static PyMemberDef histogram_members[] = {
     {"bounds", T_OBJECT, offsetof(HistogramCell, bounds), READONLY, "Bucket upper bounds."},
     {"sum", T_DOUBLE, offsetof(HistogramCell, sum), READONLY, "Sum of the observations."},
@@ -1716,7 +1857,6 @@ static PyMemberDef histogram_members[] = {
     {"_min", T_DOUBLE, offsetof(HistogramCell, min), READONLY, NULL},
     {"_max", T_DOUBLE, offsetof(HistogramCell, max), READONLY, NULL},
     {"_zero", T_PYSSIZET, offsetof(HistogramCell, zeros), READONLY, NULL},
-    {"_bins", T_OBJECT, offsetof(HistogramCell, bins), READONLY, NULL},
     {"_gamma", T_DOUBLE, offsetof(HistogramCell, gamma), READONLY, NULL},
     {"_inv_log_gamma", T_DOUBLE, offsetof(HistogramCell, inv_log_gamma), READONLY, NULL},
     {NULL},
@@ -1726,6 +1866,10 @@ static PyGetSetDef histogram_getset[] = {
     {"counts", (getter)histogram_counts, NULL, "Per-bucket counts (a new list; +Inf last).",
      NULL},
     {"count", (getter)histogram_count, NULL, "Values added so far.", NULL},
+    {"_bins", (getter)histogram_bins, NULL,
+     "The quantile sketch's non-zero bins, {index: count} (a new dict).", NULL},
+    {"_bin_array", (getter)histogram_bin_array, NULL,
+     "(first index, length, most length) of the sketch's bin array.", NULL},
     {NULL},
 };
 
@@ -1747,41 +1891,187 @@ static PyTypeObject HistogramCellType = {
 
 /* MetricsApplier(by_key, fallback): applies one (metric, labels, value) record
    to the series cached in `by_key`; anything else (a series not resolved yet,
-   a malformed record) is handed to `fallback(record)`, the Python apply. */
+   a malformed record) is handed to `fallback(record)`, the Python apply.
+   apply_all(records) applies a whole batch, or nothing.
+
+   The identity cache. Looking a series up in `by_key` hashes the key
+   (metric, labels), and CPython 3.11 does not cache a tuple's hash, so every
+   record re-hashed its nested label tuple (~740 instructions). Producers send
+   the same metric string and the same labels tuple again and again (the
+   facade's cache of validated label sets, the tracer's labels), so a small
+   two-way set-associative table keyed by the two pointers answers most
+   lookups with a few compares. A miss looks `by_key` up and puts the entry in
+   the first way of its set, moving the entry there to the second way and
+   evicting that one's (a collision costs a dict lookup, never a wrong
+   answer). It is safe:
+   - A slot holds strong references to the metric, the labels and the series:
+     neither address can be freed and reused by another object while cached.
+   - A slot is filled only for an exact str metric and labels that are an exact
+     tuple of exact tuples of exact str. Their equality and hash depend on
+     their immutable content only, so looking the same two objects up in
+     `by_key` again would find the same entry, for as long as it is there.
+   - `by_key` only grows while its store lives. MetricsStoreCollector._resolve
+     adds a key after a miss; nothing replaces or removes one (a label set
+     past the cardinality cap is not put in `by_key` at all, so its records
+     never reach the cache). A store is replaced only by Collector._init_runtime
+     (the constructor, and after_fork_in_child, with no thread running), and
+     each collector thread builds its own applier for the store of the moment
+     (Collector._run calls _record_applier when it starts), so a new store
+     always comes with an empty cache. Code that ever removes or replaces
+     entries of `by_key` must call clear_cache().
+   - Only the collector thread calls the applier (under the GIL). */
+#define APPLIER_CACHE_SET_BITS 11
+#define APPLIER_CACHE_SLOTS (2 << APPLIER_CACHE_SET_BITS) /* two ways per set */
+
+/* What a series is, looked up once per cache fill (the store's series types
+   are subclasses: a type check is a walk of the MRO). */
+enum { SERIES_OTHER, SERIES_COUNTER, SERIES_HISTOGRAM };
+
+static int series_kind(PyObject *series) {
+    if (PyObject_TypeCheck(series, &CounterCellType)) return SERIES_COUNTER;
+    if (PyObject_TypeCheck(series, &HistogramCellType)) return SERIES_HISTOGRAM;
+    return SERIES_OTHER;
+}
+
+typedef struct {
+    PyObject *metric, *labels, *series; /* strong references, or all NULL */
+    int kind;                           /* series_kind(series) */
+} CacheSlot;
+
 typedef struct {
     PyObject_HEAD
     PyObject *by_key;
     PyObject *fallback;
     vectorcallfunc vectorcall;
+    CacheSlot *cache; /* APPLIER_CACHE_SLOTS slots */
 } MetricsApplier;
 
 static int applier_traverse(MetricsApplier *self, visitproc visit, void *arg) {
     Py_VISIT(self->by_key);
     Py_VISIT(self->fallback);
+    if (self->cache != NULL) {
+        for (Py_ssize_t i = 0; i < APPLIER_CACHE_SLOTS; i++) {
+            Py_VISIT(self->cache[i].metric);
+            Py_VISIT(self->cache[i].labels);
+            Py_VISIT(self->cache[i].series);
+        }
+    }
     return 0;
+}
+
+static void applier_forget(MetricsApplier *self) {
+    if (self->cache == NULL) return;
+    for (Py_ssize_t i = 0; i < APPLIER_CACHE_SLOTS; i++) {
+        CacheSlot *slot = &self->cache[i];
+        Py_CLEAR(slot->metric);
+        Py_CLEAR(slot->labels);
+        Py_CLEAR(slot->series);
+    }
 }
 
 static int applier_clear(MetricsApplier *self) {
     Py_CLEAR(self->by_key);
     Py_CLEAR(self->fallback);
+    applier_forget(self);
     return 0;
 }
 
-GC_DEALLOC(applier, MetricsApplier)
+static void applier_dealloc(MetricsApplier *self) {
+    PyObject_GC_UnTrack(self);
+    applier_clear(self);
+    PyMem_Free(self->cache);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+/* The set (two slots) of (metric, labels): the two addresses mixed
+   (Fibonacci hashing, the top bits of the product). Objects are 16-byte
+   aligned: the low bits carry nothing. */
+static inline CacheSlot *applier_set(MetricsApplier *self, PyObject *metric, PyObject *labels) {
+    uint64_t h = ((uint64_t)(uintptr_t)metric >> 4) * 0x9E3779B97F4A7C15ULL;
+    h = (h ^ ((uint64_t)(uintptr_t)labels >> 4)) * 0xC2B2AE3D27D4EB4FULL;
+    return &self->cache[2 * (h >> (64 - APPLIER_CACHE_SET_BITS))];
+}
+
+/* Whether (metric, labels) may be cached by identity: a str and a tuple of
+   tuples of str (exact types), whose equality and hash are their content's. */
+static int cacheable_key(PyObject *metric, PyObject *labels) {
+    if (!PyUnicode_CheckExact(metric) || !PyTuple_CheckExact(labels)) return 0;
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(labels); i++) {
+        PyObject *pair = PyTuple_GET_ITEM(labels, i);
+        if (!PyTuple_CheckExact(pair)) return 0;
+        for (Py_ssize_t j = 0; j < PyTuple_GET_SIZE(pair); j++) {
+            if (!PyUnicode_CheckExact(PyTuple_GET_ITEM(pair, j))) return 0;
+        }
+    }
+    return 1;
+}
+
+/* applier_lookup past a cache miss: `by_key`, then the set is filled. */
+static int applier_lookup_dict(MetricsApplier *self, CacheSlot *set, PyObject *metric,
+                               PyObject *labels, PyObject **series, int *kind) {
+    PyObject *key = PyTuple_Pack(2, metric, labels);
+    if (key == NULL) return -1;
+    PyObject *found = PyDict_GetItemWithError(self->by_key, key); /* borrowed */
+    Py_DECREF(key);
+    if (found == NULL) {
+        if (!PyErr_Occurred()) return 0;
+        if (!PyErr_ExceptionMatches(PyExc_TypeError)) return -1;
+        PyErr_Clear(); /* unhashable */
+        return 0;
+    }
+    *series = found;
+    *kind = series_kind(found);
+    if (cacheable_key(metric, labels)) {
+        /* The first way's entry moves to the second, the new one takes the
+           first, and the evicted one is released last: its release cannot
+           touch `found`, which `by_key` and the set now hold. */
+        CacheSlot evicted = set[1];
+        set[1] = set[0];
+        set[0].metric = Py_NewRef(metric);
+        set[0].labels = Py_NewRef(labels);
+        set[0].series = Py_NewRef(found);
+        set[0].kind = *kind;
+        Py_XDECREF(evicted.metric);
+        Py_XDECREF(evicted.labels);
+        Py_XDECREF(evicted.series);
+    }
+    return 1;
+}
+
+/* The series of (metric, labels): 1 with `*series` borrowed (from the cache
+   or `by_key`, which keep it alive until the caller calls out) and `*kind`
+   its series_kind, 0 when `by_key` has none (or the key is unhashable: the
+   Python apply reports it), -1 on error. */
+static inline int applier_lookup(MetricsApplier *self, PyObject *metric, PyObject *labels,
+                                 PyObject **series, int *kind) {
+    CacheSlot *set = applier_set(self, metric, labels);
+    for (int way = 0; way < 2; way++) {
+        if (set[way].metric == metric && set[way].labels == labels) {
+            *series = set[way].series;
+            *kind = set[way].kind;
+            return 1;
+        }
+    }
+    return applier_lookup_dict(self, set, metric, labels, series, kind);
+}
+
+static int applier_ready(MetricsApplier *self) {
+    if (self->by_key != NULL && self->fallback != NULL && self->cache != NULL) return 1;
+    PyErr_SetString(PyExc_RuntimeError, "MetricsApplier is not initialised");
+    return 0;
+}
 
 static PyObject *applier_apply(MetricsApplier *self, PyObject *record) {
+    if (!applier_ready(self)) return NULL;
     if (PyTuple_CheckExact(record) && PyTuple_GET_SIZE(record) == 3) {
-        PyObject *key = PyTuple_Pack(2, PyTuple_GET_ITEM(record, 0), PyTuple_GET_ITEM(record, 1));
-        if (key == NULL) return NULL;
-        PyObject *series = PyDict_GetItemWithError(self->by_key, key); /* borrowed */
-        Py_DECREF(key);
-        if (series == NULL && PyErr_Occurred()) {
-            if (!PyErr_ExceptionMatches(PyExc_TypeError)) return NULL;
-            PyErr_Clear(); /* unhashable: the Python apply reports it */
-        }
+        PyObject *series;
+        int kind;
+        int found = applier_lookup(self, PyTuple_GET_ITEM(record, 0),
+                                   PyTuple_GET_ITEM(record, 1), &series, &kind);
+        if (found < 0) return NULL;
         PyObject *value = PyTuple_GET_ITEM(record, 2);
-        if (series != NULL && Py_TYPE(series) != NULL) {
-            if (PyObject_TypeCheck(series, &CounterCellType)) {
+        if (found) {
+            if (kind == SERIES_COUNTER) {
                 Py_INCREF(series);
                 int failed = counter_add_value((CounterCell *)series, value);
                 Py_DECREF(series);
@@ -1789,10 +2079,9 @@ static PyObject *applier_apply(MetricsApplier *self, PyObject *record) {
                 Py_RETURN_NONE;
             }
             double d;
-            int kind = PyObject_TypeCheck(series, &HistogramCellType)
-                           ? observed_value(value, &d) : -2;
-            if (kind == -1) return NULL;
-            if (kind == 0) {
+            int read = kind == SERIES_HISTOGRAM ? observed_value(value, &d) : -2;
+            if (read == -1) return NULL;
+            if (read == 0) {
                 Py_INCREF(series);
                 int failed = histogram_observe((HistogramCell *)series, d);
                 Py_DECREF(series);
@@ -1801,7 +2090,10 @@ static PyObject *applier_apply(MetricsApplier *self, PyObject *record) {
             }
         }
     }
-    return PyObject_CallOneArg(self->fallback, record);
+    PyObject *fallback = Py_NewRef(self->fallback);
+    PyObject *result = PyObject_CallOneArg(fallback, record);
+    Py_DECREF(fallback);
+    return result;
 }
 
 static PyObject *applier_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
@@ -1814,6 +2106,156 @@ static PyObject *applier_vectorcall(PyObject *callable, PyObject *const *args, s
     return applier_apply((MetricsApplier *)callable, args[0]);
 }
 
+/* One record of a batch, resolved and checked by apply_all's first pass. */
+typedef struct {
+    PyObject *series; /* a strong reference */
+    PyObject *sum;    /* a counter's value once this record is added (strong); NULL: a histogram */
+    double value;     /* a histogram's observation */
+    long long index;  /* its slot in the sketch array (reserved), when value > 0 */
+} Prepared;
+
+#define APPLY_ALL_ON_STACK 64 /* records; slots of the pending table: twice that */
+
+/* The counters' running sums within one batch: the slot of a series (hashed
+   by address) in a table of 1 + the index of its last Prepared entry (0: no
+   entry yet). Open addressing, never more than half full. */
+static Py_ssize_t *pending_slot(Py_ssize_t *table, size_t mask, const Prepared *prepared,
+                                PyObject *series) {
+    uint64_t h = ((uint64_t)(uintptr_t)series >> 4) * 0x9E3779B97F4A7C15ULL;
+    size_t i = (size_t)(h >> 32) & mask;
+    while (table[i] != 0 && prepared[table[i] - 1].series != series) i = (i + 1) & mask;
+    return &table[i];
+}
+
+/* apply_all(records) -> bool: Collector._apply_all for the metrics store.
+
+   The first pass resolves and checks every record, exactly as the one-record
+   path above would take it without calling the Python apply: an exact
+   (metric, labels, value) tuple whose series `by_key` has; for a counter an
+   exact int or float added to an exact int or float, computed here (in
+   order, so float sums round as they would one by one); for a histogram an
+   int or float as observed_value reads it whose sketch index is a slot of
+   the array (reserved here: growing the array changes nothing visible). Any
+   other record (a new series, a malformed record, a value of another type,
+   a sum that fails, an infinite value, a far sketch index, a failed
+   allocation) declines the whole batch: False, nothing applied, no error
+   (the loop then applies the records one by one and counts those that
+   fail). The second pass applies them all and cannot fail: it only stores
+   the computed sums and increments counts. */
+static PyObject *applier_apply_all(MetricsApplier *self, PyObject *records) {
+    if (self->by_key == NULL || self->cache == NULL || !PyTuple_CheckExact(records)) {
+        Py_RETURN_FALSE; /* the loop applies the records (and reports what fails) */
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(records);
+    size_t slots = 8;
+    while (slots < (size_t)n * 2) slots <<= 1;
+    Prepared on_stack[APPLY_ALL_ON_STACK];
+    Py_ssize_t pending_on_stack[2 * APPLY_ALL_ON_STACK];
+    Prepared *prepared = on_stack;
+    Py_ssize_t *pending = pending_on_stack;
+    if (n > APPLY_ALL_ON_STACK) {
+        if ((size_t)n > PY_SSIZE_T_MAX / 4 / sizeof(Prepared)) Py_RETURN_FALSE;
+        prepared = PyMem_New(Prepared, n);
+        pending = PyMem_New(Py_ssize_t, slots);
+        if (prepared == NULL || pending == NULL) {
+            PyMem_Free(prepared);
+            PyMem_Free(pending);
+            Py_RETURN_FALSE;
+        }
+    }
+    memset(pending, 0, slots * sizeof(Py_ssize_t));
+
+    Py_ssize_t ready = 0; /* entries prepared (holding references) */
+    for (; ready < n; ready++) {
+        PyObject *record = PyTuple_GET_ITEM(records, ready);
+        if (!PyTuple_CheckExact(record) || PyTuple_GET_SIZE(record) != 3) break;
+        PyObject *series;
+        int kind;
+        if (applier_lookup(self, PyTuple_GET_ITEM(record, 0), PyTuple_GET_ITEM(record, 1),
+                           &series, &kind) != 1) {
+            break; /* not resolved yet (the Python apply resolves it), or an error */
+        }
+        PyObject *value = PyTuple_GET_ITEM(record, 2);
+        Prepared *entry = &prepared[ready];
+        if (kind == SERIES_COUNTER) {
+            if (!PyLong_CheckExact(value) && !PyFloat_CheckExact(value)) break;
+            Py_ssize_t *last = pending_slot(pending, slots - 1, prepared, series);
+            PyObject *before = *last != 0 ? prepared[*last - 1].sum
+                                          : ((CounterCell *)series)->value;
+            if (before == NULL) before = zero; /* as counter_add_value */
+            if (!PyLong_CheckExact(before) && !PyFloat_CheckExact(before)) break;
+            PyObject *sum = PyNumber_Add(before, value); /* int/float: runs no Python code */
+            if (sum == NULL) break;
+            *last = ready + 1;
+            entry->series = Py_NewRef(series);
+            entry->sum = sum;
+        } else if (kind == SERIES_HISTOGRAM) {
+            HistogramCell *cell = (HistogramCell *)series;
+            double d;
+            if (cell->counts == NULL || observed_value(value, &d) != 0) break;
+            if (d > 0.0) { /* as histogram_observe: anything else counts as a zero */
+                double raw;
+                if (!sketch_index(cell, d, &raw, &entry->index) ||
+                    sketch_reserve(cell, entry->index) != 1) {
+                    break;
+                }
+            }
+            entry->series = Py_NewRef(series);
+            entry->sum = NULL;
+            entry->value = d;
+        } else {
+            break;
+        }
+    }
+
+    int complete = ready == n;
+    if (complete) {
+        for (Py_ssize_t i = 0; i < n; i++) {
+            Prepared *entry = &prepared[i];
+            if (entry->sum != NULL) {
+                /* the old value is an int or float: releasing it runs no code */
+                Py_XSETREF(((CounterCell *)entry->series)->value, entry->sum);
+                entry->sum = NULL;
+                continue;
+            }
+            HistogramCell *cell = (HistogramCell *)entry->series;
+            if (entry->value > 0.0) {
+                cell->sketch[entry->index - cell->sketch_lo]++; /* reserved above */
+            } else {
+                cell->zeros++;
+            }
+            histogram_tally(cell, entry->value);
+        }
+    } else {
+        /* Whatever failed fails again in the loop, which counts it. */
+        PyErr_Clear();
+    }
+    for (Py_ssize_t i = 0; i < ready; i++) {
+        Py_XDECREF(prepared[i].sum);
+        Py_DECREF(prepared[i].series);
+    }
+    if (prepared != on_stack) {
+        PyMem_Free(prepared);
+        PyMem_Free(pending);
+    }
+    return PyBool_FromLong(complete);
+}
+
+static PyObject *applier_clear_cache(MetricsApplier *self, PyObject *unused) {
+    applier_forget(self);
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef applier_methods[] = {
+    {"apply_all", (PyCFunction)applier_apply_all, METH_O,
+     "apply_all(records)\n--\n\n"
+     "Apply every record of a batch and return True, or apply none and return False."},
+    {"clear_cache", (PyCFunction)applier_clear_cache, METH_NOARGS,
+     "clear_cache()\n--\n\n"
+     "Forget the cached series (needed only if entries of by_key are removed)."},
+    {NULL},
+};
+
 static PyObject *applier_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
     PyObject *by_key, *fallback;
     if (!_PyArg_NoKeywords("MetricsApplier", kwargs) ||
@@ -1824,10 +2266,16 @@ static PyObject *applier_new(PyTypeObject *type, PyObject *args, PyObject *kwarg
         PyErr_SetString(PyExc_TypeError, "fallback must be callable");
         return NULL;
     }
+    CacheSlot *cache = PyMem_Calloc(APPLIER_CACHE_SLOTS, sizeof(CacheSlot));
+    if (cache == NULL) return PyErr_NoMemory();
     MetricsApplier *self = (MetricsApplier *)type->tp_alloc(type, 0);
-    if (self == NULL) return NULL;
+    if (self == NULL) {
+        PyMem_Free(cache);
+        return NULL;
+    }
     self->by_key = Py_NewRef(by_key);
     self->fallback = Py_NewRef(fallback);
+    self->cache = cache;
     self->vectorcall = applier_vectorcall;
     return (PyObject *)self;
 }
@@ -1844,6 +2292,7 @@ static PyTypeObject MetricsApplierType = {
               "(compiled).",
     .tp_traverse = (traverseproc)applier_traverse,
     .tp_clear = (inquiry)applier_clear,
+    .tp_methods = applier_methods,
     .tp_new = applier_new,
 };
 

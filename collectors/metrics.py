@@ -103,7 +103,11 @@ class MetricsStore:
     def __init__(self) -> None:
         #: metric -> canonical (sorted) labels -> series
         self.series: dict[str, dict[Labels, _Counter | _Histogram]] = {}
-        #: (metric, labels as sent) -> series; a cache that skips canonicalising
+        #: (metric, labels as sent) -> series; a cache that skips canonicalising.
+        #: Append-only while the store lives: the compiled applier caches its
+        #: entries by the identity of the metric and labels objects (see
+        #: ``MetricsApplier`` in collectors/_speedups.c); code that ever removes
+        #: or replaces an entry must call the applier's ``clear_cache()``.
         self.by_key: dict[tuple[str, Labels], _Counter | _Histogram] = {}
         #: metric -> records folded into its overflow series
         self.overflowed: dict[str, int] = {}
@@ -137,6 +141,10 @@ class MetricsStoreCollector(Collector[MetricsStore]):
     # --- runs on the collector thread only (or before it starts) ---------
 
     def _new_store(self) -> MetricsStore:
+        # A new store (the constructor, or after fork) retires the compiled
+        # applier of the old one, and its identity cache with it: the next
+        # collector thread builds a new one (_record_applier, from Collector._run).
+        self._apply_batch: Callable[[tuple[Any, ...]], bool] | None = None
         return MetricsStore()
 
     def _apply(self, record: MetricRecord | tuple[str, Labels, int | float]) -> None:
@@ -160,9 +168,23 @@ class MetricsStoreCollector(Collector[MetricsStore]):
         if speedups is None:
             return self._apply
         # Compiled: a record whose series is cached is applied in C; any other
-        # (a new label set, a malformed record) goes to _apply.
-        applier: Callable[[Any], None] = speedups.MetricsApplier(self._store.by_key, self._apply)
-        return applier
+        # (a new label set, a malformed record) goes to _apply. Built for the
+        # store of the moment, on the collector thread as it starts.
+        applier = speedups.MetricsApplier(self._store.by_key, self._apply)
+        self._apply_batch = applier.apply_all
+        apply: Callable[[Any], None] = applier
+        return apply
+
+    def _apply_all(self, records: tuple[Any, ...]) -> bool:
+        """A whole batch at once in C, or nothing (see :meth:`Collector._apply_all`).
+
+        ``MetricsApplier.apply_all`` checks every record first: it declines
+        (returns ``False``, nothing applied) if any needs the Python
+        :meth:`_apply` (a new label set, a malformed record, an unusual value),
+        and the loop then applies them one by one. Pure Python always declines.
+        """
+        apply_batch = self._apply_batch
+        return apply_batch is not None and apply_batch(records)
 
     def _resolve(self, store: MetricsStore, metric: str, labels: Labels) -> _Counter | _Histogram:
         spec = self._catalog[metric]

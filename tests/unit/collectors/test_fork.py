@@ -30,7 +30,7 @@ import pytest
 from app.observability import Observability, ObservabilitySettings
 from collectors.base import Collector
 from collectors.pipeline import Pipeline
-from collectors.records import SpanRecord
+from collectors.records import Batch, SpanRecord
 
 JOIN = 10.0
 CHILD_DEADLINE = 20.0
@@ -195,6 +195,41 @@ def test_child_records_into_fresh_stores_and_the_parent_is_unaffected(
     assert all(s.dropped_total == 0 for s in obs.health().collectors.values())
     assert trace.flush_exporters(JOIN)
     assert [s.name for s in exporter.spans] == ["parent-before", "parent-after"]
+
+
+@pytest.mark.timeout(60)
+def test_a_child_applies_the_same_label_objects_to_its_own_fresh_series(
+    container: tuple[Observability, MemoryExporter],
+) -> None:
+    obs, _ = container
+    actor = obs.pipeline.collectors["metrics"]
+    tenant, node = (("tenant_id", "shared"),), (("node", "n"),)
+    batch = Batch((("request_count", tenant, 1), ("node_execution_latency", node, 0.5)))
+    for _ in range(3):  # resolved, then applied at once (the compiled store caches them)
+        actor.send(batch, 2)
+    assert obs.flush(JOIN)
+
+    def child() -> dict[str, Any]:
+        for _ in range(2):  # the same objects: the child's new store, its new applier
+            actor.send(batch, 2)
+        flushed = bool(obs.flush(JOIN))
+        latency = obs.metrics.export_metrics()["node_execution_latency"]["series"]
+        return {
+            "flushed": flushed,
+            "requests": _request_counts(obs),
+            "latency": [(s["labels"], s["count"]) for s in latency],
+            "errors": actor.stats().handler_errors,
+        }
+
+    report = _run_in_child(child, lambda: actor.send(batch, 2))
+    assert report == {
+        "flushed": True,
+        "requests": {"shared": 2},
+        "latency": [[{"node": "n"}, 2]],
+        "errors": 0,
+    }
+    assert obs.flush(JOIN)
+    assert _request_counts(obs) == {"shared": 4}  # the parent's series, unaffected
 
 
 class Gate(NamedTuple):

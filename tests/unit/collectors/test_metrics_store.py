@@ -15,6 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from collectors.hotpath import COMPILED
 from collectors.metrics import OVERFLOW_LABELS, MetricsStoreCollector
 from collectors.records import Batch, MetricRecord
 from collectors.snapshots import HistogramSeries, MetricSpec, ValueSeries
@@ -201,3 +202,184 @@ def test_snapshots_are_immutable_copies(metrics: MetricsStoreCollector) -> None:
         hits.series = ()  # type: ignore[misc]
     overflowed["hits"] = 99  # a plain dict copy: the store is not affected
     assert metrics.snapshot(JOIN)[1] == {}
+
+
+# --- batches (applied at once by the compiled store, or one by one) ----------------
+
+
+class _Spy(MetricsStoreCollector):
+    """Records what the all-or-nothing batch path answered, batch by batch."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.answers: list[bool] = []
+
+    def _apply_all(self, records: tuple[Any, ...]) -> bool:
+        answer = super()._apply_all(records)
+        self.answers.append(answer)
+        return answer
+
+
+@pytest.fixture
+def spy() -> Iterator[_Spy]:
+    collector = _Spy(CATALOG)
+    collector.start()
+    try:
+        yield collector
+    finally:
+        collector.stop(JOIN)
+
+
+def _flushed(collector: MetricsStoreCollector) -> None:
+    assert collector.request_flush().result(JOIN)
+
+
+@pytest.mark.timeout(30)
+def test_a_batch_with_one_bad_record_applies_the_others_and_counts_only_that_one(
+    spy: _Spy,
+) -> None:
+    hits, latency = (("a", "x"),), (("a", "y"),)
+    warm = (("hits", hits, 1), ("latency", latency, 0.5))
+    spy.send(Batch(warm), 2)  # resolves both series (new ones: declined, applied one by one)
+    spy.send(Batch(warm), 2)  # every series known: applied at once when compiled
+    _flushed(spy)
+    assert spy.answers == [False, COMPILED]
+    bad = (
+        ("hits", hits, 1),
+        ("latency", latency, 0.25),
+        ("hits", hits, "not a number"),  # the one bad record
+        ("hits", hits, 2.5),
+        ("latency", latency, 2.0),
+    )
+    spy.send(Batch(bad), len(bad))
+    _flushed(spy)
+    assert spy.answers[2] is False  # declined: nothing applied at once
+    series = _family(spy, "hits")[hits]
+    assert series.value == 1 + 1 + 1 + 2.5  # each good record once: none twice, none lost
+    histogram = _family(spy, "latency")[latency]
+    assert isinstance(histogram, HistogramSeries)
+    assert histogram.count == 4
+    assert histogram.sum == 0.5 + 0.5 + 0.25 + 2.0
+    stats = spy.stats()
+    assert (stats.applied, stats.handler_errors, dict(stats.dropped)) == (
+        8, 1, {"handler_error": 1}
+    )
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("bad", [
+    "not a record",
+    ("hits", (("a", "x"),)),  # two fields
+    ("hits", [("a", "x")], 1),  # unhashable labels
+    ("nope", (), 1),  # an unknown metric
+    ("latency", (("a", "z"),), "1"),  # a str observation
+    ("latency", (("a", "z"),), math.inf),  # no sketch bin for infinity
+    ("latency", (("a", "z"),), 2**1100),  # past the float range
+])
+def test_any_bad_record_declines_the_whole_batch_and_is_the_only_error(
+    spy: _Spy, bad: object,
+) -> None:
+    good = (("hits", (("a", "x"),), 1), ("latency", (("a", "y"),), 0.5))
+    spy.send(Batch((*good, ("latency", (("a", "z"),), 1.0))), 3)  # every series resolved
+    _flushed(spy)
+    spy.send(Batch(good), 2)
+    _flushed(spy)
+    spy.send(Batch((*good, bad, *good)), 5)
+    _flushed(spy)
+    assert spy.answers[-2:] == [COMPILED, False]
+    assert _family(spy, "hits")[(("a", "x"),)].value == 4
+    assert _family(spy, "latency")[(("a", "y"),)].count == 4
+    stats = spy.stats()
+    assert (stats.applied, stats.handler_errors) == (9, 1)
+
+
+@pytest.mark.timeout(30)
+def test_counters_in_a_batch_add_in_arrival_order(spy: _Spy) -> None:
+    labels = (("a", "x"),)
+    spy.send(("hits", labels, 0))
+    _flushed(spy)
+    amounts: list[int | float] = [0.1, 0.2, 0.3, 1, 2**70, 0.7, 3, 1e-17] * 20  # 160: a big batch
+    spy.send(Batch(tuple(("hits", labels, a) for a in amounts)), len(amounts))
+    small = [0.1, 5, 0.2]
+    spy.send(Batch(tuple(("hits", labels, a) for a in small)), len(small))
+    _flushed(spy)
+    assert spy.answers == [COMPILED, COMPILED]
+    total: int | float = 0
+    for amount in amounts + small:  # float sums depend on the order: so must the check
+        total += amount
+    value = _family(spy, "hits")[labels].value
+    assert value == total and type(value) is float
+
+
+@pytest.mark.timeout(30)
+def test_equal_label_tuples_that_are_different_objects_share_one_series(spy: _Spy) -> None:
+    first = (("a", "x"), ("b", "y"))
+    second = tuple([tuple(["a", "x"]), tuple(["b", "y"])])
+    reordered = (("b", "y"), ("a", "x"))
+    assert first == second and first is not second and first[0] is not second[0]
+    for _ in range(3):
+        for labels in (first, second, reordered):
+            spy.send(("hits", labels, 1))
+            spy.send(Batch((("hits", labels, 10), ("hits", labels, 100))), 2)
+    series = _family(spy, "hits")
+    assert series == {first: ValueSeries(first, 3 * 3 * 111)}
+
+
+@pytest.mark.timeout(60)
+def test_more_label_sets_than_the_compiled_cache_holds_stay_exact() -> None:
+    collector = _start(max_series_per_metric=10_000)
+    try:
+        label_sets = [(("a", str(i)),) for i in range(6_000)]  # past the 4,096 cache slots
+        for round_ in range(3):
+            for start in range(0, len(label_sets), 500):
+                chunk = label_sets[start:start + 500]
+                records = tuple(("hits", labels, round_ + 1) for labels in reversed(chunk))
+                collector.send(Batch(records), len(records))
+        series = _family(collector, "hits")
+        assert len(series) == len(label_sets)
+        assert {s.value for s in series.values()} == {6}
+        assert collector.stats().handler_errors == 0
+    finally:
+        collector.stop(JOIN)
+
+
+@pytest.mark.timeout(30)
+def test_the_same_label_objects_land_in_the_right_series_past_the_cap() -> None:
+    collector = _Spy(CATALOG, max_series_per_metric=1)
+    collector.start()
+    try:
+        kept, folded = (("a", "kept"),), (("a", "folded"),)
+        batch = Batch((("hits", kept, 1), ("hits", folded, 10), ("latency", kept, 0.5)))
+        for _ in range(4):
+            collector.send(batch, 3)
+            collector.send(("hits", folded, 100))
+            collector.send(("hits", kept, 1000))
+        series = _family(collector, "hits")
+        assert series == {
+            kept: ValueSeries(kept, 4 * 1001),
+            OVERFLOW_LABELS: ValueSeries(OVERFLOW_LABELS, 4 * 110),
+        }
+        assert collector.snapshot(JOIN)[1] == {"hits": 8}  # folded records are never cached
+        assert not any(collector.answers)  # a folded series always takes the Python path
+        assert _family(collector, "latency")[kept].count == 4
+    finally:
+        collector.stop(JOIN)
+
+
+@pytest.mark.timeout(30)
+def test_histogram_quantiles_over_the_whole_float_range(spy: _Spy) -> None:
+    labels = (("a", "wide"),)
+    values = [0.0, 0.0, 5e-324, 1e-300, 1e-9, 1e-3, 0.25, 1, 7.5, 1e3, 1e250, 1e300,
+              1.7976931348623157e308]
+    spy.send(("latency", labels, 0.01))  # resolves the series
+    _flushed(spy)
+    spy.send(Batch(tuple(("latency", labels, v) for v in values)), len(values))
+    spy.send(Batch(tuple(("latency", labels, 0.001 * (1 + i % 50)) for i in range(100))), 100)
+    everything = [0.01, *values, *(0.001 * (1 + i % 50) for i in range(100))]
+    series = _family(spy, "latency")[labels]
+    assert series.count == len(everything) and spy.stats().handler_errors == 0
+    for q, estimate in ((0.5, series.p50), (0.95, series.p95), (0.99, series.p99)):
+        exact = _exact_lower_rank(everything, q)
+        assert estimate is not None
+        assert abs(estimate - exact) <= 0.01 * exact * (1 + 1e-9)
+    assert spy.answers[-1] is COMPILED  # in the sketch array's range: applied at once

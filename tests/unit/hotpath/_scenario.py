@@ -18,6 +18,7 @@ from typing import Any
 
 from app.observability import Observability, ObservabilitySettings
 from collectors.hotpath import COMPILED
+from collectors.records import Batch
 
 
 class Tier(enum.StrEnum):
@@ -132,6 +133,25 @@ def main() -> None:
         ctx = contextvars.copy_context()
         out["ctx_clean"] = ctx.run(t.current_span) is None
 
+        # Quantile sketches over the whole float range: zeros, subnormals, tiny and
+        # huge values (the compiled sketch keeps far indices outside its bin array),
+        # through the facade one by one and straight to the store in batches.
+        wide = [0, 0.0, 5e-324, 1e-310, 1e-300, 1e-9, 1e-3, 0.25, 1, 7.5, 1e3, 10**15,
+                1e250, 1e300, sys.float_info.max]
+        for value in wide:
+            m.observe("node_execution_latency", value, node="wide")
+        actor = obs.pipeline.collectors["metrics"]
+        labels = (("node", "batched"),)
+        actor.send(("node_execution_latency", labels, 0.5))  # a new series: resolved first
+        for i in range(40):
+            values = [0.0005 * (1 + (i * 7 + j * 13) % 97) for j in range(16)]
+            if i % 10 == 9:
+                values[3] = 10.0 ** (i - 20)  # wider: the bin array grows
+            if i == 29:
+                values[5] = 1e-200  # far outside the array: the batch is declined
+            actor.send(Batch(tuple(("node_execution_latency", labels, v) for v in values)), 16)
+        out["quantiles"] = actor.query(_quantiles)
+
         out["flushed"] = bool(obs.flush(5.0))
         spans = t.finished_spans()
         names = {s.span_id: s.name for s in spans}
@@ -148,6 +168,17 @@ def main() -> None:
         }
         out["dropped"] = obs.pipeline.health().dropped_total
     sys.stdout.write(json.dumps(out, sort_keys=True, default=repr) + "\n")
+
+
+def _quantiles(store: Any) -> dict[str, Any]:
+    """Every histogram series' count and quantiles at each 1/40 (answered by the actor)."""
+    family = store.series["node_execution_latency"]
+    return {
+        repr(labels): [family[labels].count, *(family[labels].quantile(q / 40) for q in range(41))]
+        for labels in sorted(family)
+        # the spans' latencies ("direct", "step2") are measured durations
+        if dict(labels).get("node") not in ("direct", "step2")
+    }
 
 
 def _timeless(series: dict[str, Any]) -> dict[str, Any]:

@@ -8,23 +8,34 @@ for the same calls, errors included, and the compiled types' own edges.
 
 from __future__ import annotations
 
+import gc
+import importlib
 import json
+import math
 import os
+import random
 import shutil
 import subprocess
 import sys
 import sysconfig
+import weakref
+from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from app.observability import Observability
 from app.observability.metrics import MetricsCollector
 from app.observability.tracing import Span, TracingService
 from app.workflows.langgraph.instrumentation import WorkflowInstrumentation
 from collectors import hotpath
+from collectors._sketch import QuantileSketch
 from collectors.base import Collector
 from collectors.metrics import MetricsStoreCollector
+from collectors.records import MetricRecord
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 SCENARIO = Path(__file__).with_name("_scenario.py")
@@ -96,6 +107,11 @@ def test_both_implementations_record_and_reject_the_same() -> None:
         "decision", "approve", "approval_required", False,
     ]
     assert pure["clash_record"] == ["tenant_id", "t6", "n", 2]
+    quantiles = pure["quantiles"]
+    assert isinstance(quantiles, dict)
+    wide, batched = quantiles["(('node', 'wide'),)"], quantiles["(('node', 'batched'),)"]
+    assert wide[:2] == [15, 0.0] and wide[-1] == sys.float_info.max
+    assert batched[:2] == [1 + 40 * 16, 1e-200] and batched[-1] == 1e19
 
 
 @pytest.mark.timeout(30)
@@ -169,3 +185,206 @@ def test_send_takes_the_record_and_an_optional_count_only() -> None:
         assert actor.send(record=("request_count", (("tenant_id", "t"),), 1), n=1)
         assert obs.flush(5.0)
         assert obs.metrics.export_metrics()["request_count"]["series"][0]["value"] == 1
+
+
+# --- the metrics store's compiled series and applier, tested directly -----------------
+# (imported from the extension itself, so the pure-Python run tests them too)
+
+
+def _extension() -> Any:
+    """``collectors._speedups``, or ``None`` where it is not built (no C compiler)."""
+    if not _built():
+        assert not hotpath.COMPILED
+        return None
+    return importlib.import_module("collectors._speedups")
+
+
+def _state(*cells: Any) -> list[object]:
+    """Everything a counter or histogram shows, to check that nothing changed."""
+    state: list[object] = []
+    for cell in cells:
+        if hasattr(cell, "value"):
+            state.append(cell.value)
+        else:
+            state.append((cell.count, cell.counts, cell.sum, cell._bins, cell._min, cell._max,
+                          cell._zero))
+    return state
+
+
+@pytest.mark.timeout(30)
+def test_apply_all_applies_every_record_or_changes_nothing() -> None:
+    ext = _extension()
+    if ext is None:
+        return
+    counter, histogram = ext.CounterCell(), ext.HistogramCell((1.0,), 0.01)
+    hits, lat = (("a", "x"),), (("a", "y"),)
+    fallen: list[object] = []
+    applier = ext.MetricsApplier({("hits", hits): counter, ("lat", lat): histogram},
+                                 fallen.append)
+    good = (("hits", hits, 1), ("lat", lat, 0.5), ("hits", hits, 2.5), ("lat", lat, 0.0),
+            ("lat", lat, 3))
+    assert applier.apply_all(good) is True
+    assert applier.apply_all(()) is True
+    assert counter.value == 3.5
+    assert (histogram.count, histogram.counts, histogram.sum) == (3, [2, 1], 3.5)
+    before = _state(counter, histogram)
+    bad_records: list[object] = [
+        "not a record",
+        ("hits", hits),
+        MetricRecord("hits", hits, 1),  # a NamedTuple: the Python apply takes it
+        ("other", hits, 1),  # no series yet
+        ("hits", [("a", "x")], 1),  # unhashable
+        ("hits", hits, "1"),
+        ("hits", hits, True),  # a bool: added by the one-by-one path
+        ("hits", hits, Decimal(1)),
+        ("hits", hits, 2**1100),  # 3.5 + that overflows
+        ("lat", lat, "1"),
+        ("lat", lat, math.inf),
+        ("lat", lat, 2**1100),
+        ("lat", lat, 1e300),  # a sketch index far outside the array: the dict path
+    ]
+    for bad in bad_records:
+        for batch in ((bad, *good), (*good, bad), (*good[:2], bad, *good[2:])):
+            assert applier.apply_all(batch) is False, bad
+            assert _state(counter, histogram) == before, bad
+    assert applier.apply_all(list(good)) is False  # Batch.records is a tuple
+    assert _state(counter, histogram) == before
+    assert fallen == []  # declining calls nothing
+
+
+@pytest.mark.timeout(30)
+def test_apply_all_ends_where_one_by_one_ends() -> None:
+    ext = _extension()
+    if ext is None:
+        return
+    rng = random.Random(11)
+    labels = [(("a", str(i)),) for i in range(3)]
+    records = []
+    for _ in range(300):  # past the on-stack batch size: the heap tables
+        kind = rng.choice(["c", "h"])
+        if kind == "c":
+            value: int | float = rng.choice([rng.randint(0, 2**40), rng.random() * 10, 1])
+        else:  # spread widely: the sketch array grows several times within the batch
+            value = rng.choice([0.0, 10.0 ** rng.uniform(-12, 12), rng.randint(0, 1000)])
+        records.append((kind, rng.choice(labels), value))
+
+    def cells() -> tuple[dict[Any, Any], list[Any]]:
+        by_key: dict[Any, Any] = {}
+        for labels_ in labels:
+            by_key["c", labels_] = ext.CounterCell()
+            by_key["h", labels_] = ext.HistogramCell((0.001, 1.0, 1000.0), 0.01)
+        return by_key, list(by_key.values())
+
+    batched, batched_cells = cells()
+    single, single_cells = cells()
+    assert ext.MetricsApplier(batched, print).apply_all(tuple(records)) is True
+    one = ext.MetricsApplier(single, print)
+    for record in records:
+        one(record)
+    assert _state(*batched_cells) == _state(*single_cells)  # the sketch bins included
+
+
+@pytest.mark.timeout(30)
+def test_the_applier_cache_holds_what_by_key_held_until_cleared() -> None:
+    ext = _extension()
+    if ext is None:
+        return
+    first, second = ext.CounterCell(), ext.CounterCell()
+    labels = (("a", "x"),)
+    by_key = {("hits", labels): first}
+    applier = ext.MetricsApplier(by_key, print)
+    applier(("hits", labels, 1))
+    referents = gc.get_referents(applier)  # what tp_traverse visits
+    assert any(r is first for r in referents) and any(r is labels for r in referents)
+    # by_key is append-only while the applier lives; replacing an entry needs clear_cache():
+    by_key["hits", labels] = second
+    applier(("hits", labels, 1))
+    assert (first.value, second.value) == (2, 0)  # the cached series, by identity
+    applier(("hits", tuple(list(labels)), 1))  # an equal, distinct tuple: looked up
+    assert (first.value, second.value) == (2, 1)
+    applier.clear_cache()
+    assert not any(r is first for r in gc.get_referents(applier))
+    applier(("hits", labels, 1))
+    assert (first.value, second.value) == (2, 2)
+    # Labels that are not all plain str are looked up every time, never cached.
+    odd = (("a", 1),)
+    by_key["hits", odd] = first
+    applier(("hits", odd, 1))
+    assert first.value == 3
+    assert not any(r is odd for r in gc.get_referents(applier))
+
+
+@pytest.mark.timeout(30)
+def test_a_cycle_through_the_applier_cache_is_collected() -> None:
+    ext = _extension()
+    if ext is None:
+        return
+
+    class Cell(ext.CounterCell):  # type: ignore[misc]
+        pass  # a __dict__, to hold the applier
+
+    cell = Cell()
+    labels = (("a", "x"),)
+    applier = ext.MetricsApplier({("hits", labels): cell}, print)
+    assert applier.apply_all((("hits", labels, 1),)) is True
+    cell.applier = applier  # applier -> cache -> cell -> applier
+    ref = weakref.ref(cell)
+    del cell, applier
+    gc.collect()
+    assert ref() is None
+
+
+_wide = st.one_of(
+    st.floats(min_value=0.0, max_value=sys.float_info.max, allow_nan=False),
+    st.sampled_from([0.0, 5e-324, 1e-300, 1e-9, 1.0, 1e300, sys.float_info.max]),
+    st.integers(min_value=0, max_value=2**53),
+)
+
+
+@pytest.mark.timeout(120)
+@settings(max_examples=200, deadline=None, database=None)
+@given(st.lists(_wide, max_size=100), st.sampled_from([0.01, 0.001, 0.2, 1e-14]))
+def test_the_compiled_sketch_equals_the_python_sketch(
+    values: list[float], accuracy: float,
+) -> None:
+    ext = _extension()
+    if ext is None:
+        return
+    cell, sketch = ext.HistogramCell((0.1, 1.0), accuracy), QuantileSketch(accuracy)
+    for value in values:
+        cell.add(value)
+        sketch.add(value)
+    assert cell._bins == sketch._bins
+    assert (cell.count, cell._zero) == (sketch.count, sketch._zero)
+    _, length, most = cell._bin_array
+    assert length <= most
+    for q in range(41):
+        assert QuantileSketch.quantile(cell, q / 40) == sketch.quantile(q / 40)
+
+
+@pytest.mark.timeout(30)
+def test_extreme_observations_are_counted_or_refused_with_nothing_changed() -> None:
+    ext = _extension()
+    if ext is None:
+        return
+    cell = ext.HistogramCell((1.0,), 0.01)
+    cell.add(1.0)
+    assert cell._bin_array[1:] == (64, 4096)  # 64 bins around the first value's
+    for value in (1e-300, 5e-324, 0.0, 1e300, sys.float_info.max, 2.5):
+        cell.add(value)
+    _, length, most = cell._bin_array
+    assert length <= most == 4096
+    assert len(cell._bins) == 6  # 1e-300, 5e-324, 1e300 and the largest float: far bins
+    before = _state(cell)
+    for value, error in ((math.inf, OverflowError), (2**1100, OverflowError), ("1", TypeError)):
+        with pytest.raises(error):
+            cell.add(value)
+        assert _state(cell) == before
+    quantile = QuantileSketch.quantile
+    assert quantile(cell, 0.0) == 0.0
+    assert quantile(cell, 1.0) == sys.float_info.max
+    assert quantile(cell, 1 / 7) == pytest.approx(5e-324, rel=0.02)  # the second smallest
+    cell.__init__((1.0,), 0.01)
+    assert (cell.count, cell._bins, cell._bin_array) == (0, {}, (0, 0, 4096))
+    fine = ext.HistogramCell((1.0,), 0.001)
+    assert fine._bin_array[2] > 4096  # a finer accuracy: more bins for the same range
