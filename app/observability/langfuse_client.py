@@ -162,16 +162,8 @@ class LangfuseClient:
             tenant_id, request_id, model_version, input_tokens, output_tokens, cost, True,
             _time_ns(),
         ))
-        labels = self._usage_labels.get((tenant_id, model_version, prompt_version))
-        if labels is None:
-            labels = self._usage_label_sets(tenant_id, model_version, prompt_version)
-        model, prompt, tokens_in, tokens_out = labels
-        usage = (
-            ("model_usage_count", model, 1),
-            ("prompt_usage_count", prompt, 1),
-            ("token_usage", tokens_in, input_tokens),
-            ("token_usage", tokens_out, output_tokens),
-        )
+        usage = self._usage(tenant_id, model_version, prompt_version, input_tokens,
+                            output_tokens)
         tracing = self._tracing
         rng = tracing._rng  # read per call: replaced in a forked child
         if event_id is None:
@@ -284,18 +276,8 @@ class LangfuseClient:
             output_tokens=output_tokens, request_id=request_id, cost=estimated_cost,
         )
         cost, priced = cost_record.cost, cost_record.priced
-        labels = self._usage_labels.get((tenant_id, model_version, prompt_version))
-        if labels is None:
-            labels = self._usage_label_sets(tenant_id, model_version, prompt_version)
-        model, prompt, tokens_in, tokens_out = labels
-        # Plain (metric, labels, value) tuples sharing ready-made labels: see
-        # collectors.records on why both matter to the garbage collector.
-        usage = (
-            ("model_usage_count", model, 1),
-            ("prompt_usage_count", prompt, 1),
-            ("token_usage", tokens_in, input_tokens),
-            ("token_usage", tokens_out, output_tokens),
-        )
+        usage = self._usage(tenant_id, model_version, prompt_version, input_tokens,
+                            output_tokens)
         outbox = parent.outbox if parent is not None else None
         if outbox is not None and not outbox.open:
             outbox = None
@@ -335,6 +317,26 @@ class LangfuseClient:
         )
         result: Generation = _new_tuple(Generation, (event_id, cost, priced, record[0], record[1]))
         return result
+
+    def _usage(
+        self, tenant_id: str, model_version: str, prompt_version: str, input_tokens: int,
+        output_tokens: int,
+    ) -> tuple[tuple[str, Labels, int], ...]:
+        """The four usage records of a generation.
+
+        Plain (metric, labels, value) tuples sharing ready-made labels: see
+        collectors.records on why both matter to the garbage collector.
+        """
+        labels = self._usage_labels.get((tenant_id, model_version, prompt_version))
+        if labels is None:
+            labels = self._usage_label_sets(tenant_id, model_version, prompt_version)
+        model, prompt, tokens_in, tokens_out = labels
+        return (
+            ("model_usage_count", model, 1),
+            ("prompt_usage_count", prompt, 1),
+            ("token_usage", tokens_in, input_tokens),
+            ("token_usage", tokens_out, output_tokens),
+        )
 
     def _usage_label_sets(
         self, tenant_id: str, model_version: str, prompt_version: str
