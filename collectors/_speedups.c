@@ -47,13 +47,29 @@ static PyObject *time_ns_fn, *perf_counter_ns_fn; /* fallbacks off Linux */
 static PyObject *deque_type, *deque_append;         /* collections.deque and its append */
 
 /* The parts every base type here shares: a GC-aware dealloc that clears its
-   references, and the common type slots (subclassable, GC, generic new). */
+   references, GC_SLOTS (traverse, clear and dealloc from a list of fields), and
+   the common type slots (subclassable, GC, generic new). */
 #define GC_DEALLOC(prefix, Struct)                                                              \
     static void prefix##_dealloc(Struct *self) {                                               \
         PyObject_GC_UnTrack(self);                                                             \
         prefix##_clear(self);                                                                  \
         Py_TYPE(self)->tp_free((PyObject *)self);                                              \
     }
+
+/* traverse, clear and dealloc of a type whose object references are the
+   fields listed by the X-macro FIELDS. */
+#define GC_VISIT_FIELD(f) Py_VISIT(self->f);
+#define GC_CLEAR_FIELD(f) Py_CLEAR(self->f);
+#define GC_SLOTS(prefix, Struct, FIELDS)                                                        \
+    static int prefix##_traverse(Struct *self, visitproc visit, void *arg) {                   \
+        FIELDS(GC_VISIT_FIELD)                                                                 \
+        return 0;                                                                              \
+    }                                                                                          \
+    static int prefix##_clear(Struct *self) {                                                  \
+        FIELDS(GC_CLEAR_FIELD)                                                                 \
+        return 0;                                                                              \
+    }                                                                                          \
+    GC_DEALLOC(prefix, Struct)
 
 #define GC_BASE_TYPE(prefix, Struct, pyname, doc)                                               \
     PyVarObject_HEAD_INIT(NULL, 0).tp_name = "collectors._speedups." pyname,                   \
@@ -108,19 +124,9 @@ typedef struct {
 
 static PyTypeObject CollectorBaseType;
 
-static int collector_traverse(CollectorBase *self, visitproc visit, void *arg) {
-    Py_VISIT(self->queue);
-    Py_VISIT(self->items);
-    return 0;
-}
+#define COLLECTOR_FIELDS(X) X(queue) X(items)
 
-static int collector_clear(CollectorBase *self) {
-    Py_CLEAR(self->queue);
-    Py_CLEAR(self->items);
-    return 0;
-}
-
-GC_DEALLOC(collector, CollectorBase)
+GC_SLOTS(collector, CollectorBase, COLLECTOR_FIELDS)
 
 static PyObject *collector_get_queue(CollectorBase *self, void *closure) {
     if (self->queue == NULL) {
@@ -299,21 +305,7 @@ static PyTypeObject TracerBaseType;
     X(identity) X(kind) X(name) X(outbox) X(parent) X(request_id) X(sampled) X(span_id)         \
     X(start_ns) X(status) X(tenant_id) X(trace_id)
 
-static int span_traverse(SpanBase *self, visitproc visit, void *arg) {
-#define VISIT(f) Py_VISIT(self->f);
-    SPAN_FIELDS(VISIT)
-#undef VISIT
-    return 0;
-}
-
-static int span_clear(SpanBase *self) {
-#define CLEAR(f) Py_CLEAR(self->f);
-    SPAN_FIELDS(CLEAR)
-#undef CLEAR
-    return 0;
-}
-
-GC_DEALLOC(span, SpanBase)
+GC_SLOTS(span, SpanBase, SPAN_FIELDS)
 
 static PyObject *finish_span(PyObject *tracer, SpanBase *span, PyObject *status, PyObject *error,
                              PyObject *latency_metric, PyObject *labels);
@@ -407,37 +399,10 @@ typedef struct {
     PyObject *batch_type;   /* `_batch_type`: collectors.records.Batch */
 } TracerBase;
 
-static int tracer_traverse(TracerBase *self, visitproc visit, void *arg) {
-    Py_VISIT(self->current);
-    Py_VISIT(self->rng);
-    Py_VISIT(self->getrandbits);
-    Py_VISIT(self->collector);
-    Py_VISIT(self->metrics);
-    Py_VISIT(self->sample_bound);
-    Py_VISIT(self->span_type);
-    Py_VISIT(self->context_type);
-    Py_VISIT(self->costs);
-    Py_VISIT(self->outbox_type);
-    Py_VISIT(self->batch_type);
-    return 0;
-}
+#define TRACER_FIELDS(X) X(current) X(rng) X(getrandbits) X(collector) X(metrics)         \
+    X(sample_bound) X(span_type) X(context_type) X(costs) X(outbox_type) X(batch_type)
 
-static int tracer_clear(TracerBase *self) {
-    Py_CLEAR(self->current);
-    Py_CLEAR(self->rng);
-    Py_CLEAR(self->getrandbits);
-    Py_CLEAR(self->collector);
-    Py_CLEAR(self->metrics);
-    Py_CLEAR(self->sample_bound);
-    Py_CLEAR(self->span_type);
-    Py_CLEAR(self->context_type);
-    Py_CLEAR(self->costs);
-    Py_CLEAR(self->outbox_type);
-    Py_CLEAR(self->batch_type);
-    return 0;
-}
-
-GC_DEALLOC(tracer, TracerBase)
+GC_SLOTS(tracer, TracerBase, TRACER_FIELDS)
 
 static int tracer_ready(TracerBase *self) {
     if (self->current == NULL || self->getrandbits == NULL || self->span_type == NULL ||
@@ -1147,21 +1112,7 @@ typedef struct {
 #define NODE_FIELDS(X) X(fn) X(name) X(tracer) X(after) X(failed) X(labels_ok) X(ok_labels) \
     X(metric) X(dict)
 
-static int node_traverse(NodeWrapper *self, visitproc visit, void *arg) {
-#define VISIT(f) Py_VISIT(self->f);
-    NODE_FIELDS(VISIT)
-#undef VISIT
-    return 0;
-}
-
-static int node_clear(NodeWrapper *self) {
-#define CLEAR(f) Py_CLEAR(self->f);
-    NODE_FIELDS(CLEAR)
-#undef CLEAR
-    return 0;
-}
-
-GC_DEALLOC(node, NodeWrapper)
+GC_SLOTS(node, NodeWrapper, NODE_FIELDS)
 
 static PyObject *s_llm_call, *s_node;
 
@@ -1192,8 +1143,8 @@ static PyObject *node_failed(NodeWrapper *self, PyObject *span) {
 static PyObject *node_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
                                  PyObject *kwnames) {
     NodeWrapper *self = (NodeWrapper *)callable;
-    if (!PyObject_TypeCheck(self->tracer, &TracerBaseType)) {
-        PyErr_SetString(PyExc_TypeError, "NodeWrapper needs a TracingService");
+    if (self->fn == NULL || self->tracer == NULL) { /* cleared; the types were checked by new */
+        PyErr_SetString(PyExc_RuntimeError, "NodeWrapper is not initialised");
         return NULL;
     }
     PyObject *start[2] = {self->name, s_node};
@@ -1303,21 +1254,9 @@ typedef struct {
     PyObject *collector;        /* `_collector`: the metrics actor */
 } MetricsBase;
 
-static int metrics_traverse(MetricsBase *self, visitproc visit, void *arg) {
-    Py_VISIT(self->valid_counters);
-    Py_VISIT(self->valid_histograms);
-    Py_VISIT(self->collector);
-    return 0;
-}
+#define METRICS_FIELDS(X) X(valid_counters) X(valid_histograms) X(collector)
 
-static int metrics_clear(MetricsBase *self) {
-    Py_CLEAR(self->valid_counters);
-    Py_CLEAR(self->valid_histograms);
-    Py_CLEAR(self->collector);
-    return 0;
-}
-
-GC_DEALLOC(metrics, MetricsBase)
+GC_SLOTS(metrics, MetricsBase, METRICS_FIELDS)
 
 static PyObject *type_name_error(const char *what, PyObject *value) {
     PyErr_Format(PyExc_TypeError, what, Py_TYPE(value)->tp_name);
@@ -1498,17 +1437,9 @@ static int counter_init(CounterCell *self, PyObject *args, PyObject *kwargs) {
     return 0;
 }
 
-static int counter_traverse(CounterCell *self, visitproc visit, void *arg) {
-    Py_VISIT(self->value);
-    return 0;
-}
+#define COUNTER_FIELDS(X) X(value)
 
-static int counter_clear(CounterCell *self) {
-    Py_CLEAR(self->value);
-    return 0;
-}
-
-GC_DEALLOC(counter, CounterCell)
+GC_SLOTS(counter, CounterCell, COUNTER_FIELDS)
 
 /* value += amount; 0 or -1 (unchanged) */
 static int counter_add_value(CounterCell *self, PyObject *amount) {

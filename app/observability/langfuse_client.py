@@ -170,26 +170,11 @@ class LangfuseClient:
             # The string TracingService.new_id() formats (24 hex digits), without the
             # method call and ~3x cheaper: int formatting with a width is slow.
             event_id = "gen-" + rng.getrandbits(96).to_bytes(12, "big").hex()
-        correlation_id = parent.correlation_id if parent is not None else None
-        if correlation_id is not None and request_id is not None:  # a workflow run's node
-            attributes: tuple[AttributeValue, ...] = (
-                "tenant_id", tenant_id, "model_version", model_version,
-                "prompt_version", prompt_version, "input_tokens", input_tokens,
-                "output_tokens", output_tokens, "cost_usd", cost_usd, "priced", True,
-                "event_id", event_id, "provider", provider,
-                "correlation_id", correlation_id, "request_id", request_id,
-            )
-        else:
-            attributes = (
-                "tenant_id", tenant_id, "model_version", model_version,
-                "prompt_version", prompt_version, "input_tokens", input_tokens,
-                "output_tokens", output_tokens, "cost_usd", cost_usd, "priced", True,
-                "event_id", event_id, "provider", provider,
-            )
-            if correlation_id is not None:
-                attributes += ("correlation_id", correlation_id)
-            if request_id is not None:
-                attributes += ("request_id", request_id)
+        attributes = _generation_attributes(
+            tenant_id, model_version, prompt_version, input_tokens, output_tokens, cost_usd,
+            True, event_id, provider, parent.correlation_id if parent is not None else None,
+            request_id,
+        )
         outbox = parent.outbox if parent is not None else None
         if parent is None or outbox is None or not outbox.open:
             self._costs.send_record(cost_record)
@@ -291,22 +276,11 @@ class LangfuseClient:
             self._metrics.send(Batch(usage), len(usage))
         if event_id is None:
             event_id = f"gen-{self._tracing.new_id()}"
-        # The span's attributes, flat: the records' wire form (collectors.records).
-        attributes: tuple[AttributeValue, ...] = (
-            "tenant_id", tenant_id,
-            "model_version", model_version,
-            "prompt_version", prompt_version,
-            "input_tokens", input_tokens,
-            "output_tokens", output_tokens,
-            "cost_usd", str(cost),
-            "priced", priced,
-            "event_id", event_id,
-            "provider", provider,
+        attributes = _generation_attributes(
+            tenant_id, model_version, prompt_version, input_tokens, output_tokens, str(cost),
+            priced, event_id, provider, parent.correlation_id if parent is not None else None,
+            request_id,
         )
-        if parent is not None and parent.correlation_id is not None:
-            attributes += ("correlation_id", parent.correlation_id)
-        if request_id is not None:
-            attributes += ("request_id", request_id)
         if metadata:
             taken = set(attributes[::2])
             for key, value in metadata.items():
@@ -355,3 +329,27 @@ class LangfuseClient:
     async def log_generation(self, **kwargs: object) -> Generation:
         """Async form of :meth:`log_generation_sync` (same keyword arguments)."""
         return self.log_generation_sync(**kwargs)  # type: ignore[arg-type]
+
+
+def _generation_attributes(
+    tenant_id: str, model_version: str, prompt_version: str, input_tokens: int,
+    output_tokens: int, cost_usd: str, priced: bool, event_id: str, provider: str,
+    correlation_id: str | None, request_id: str | None,
+) -> tuple[AttributeValue, ...]:
+    """A generation span's attributes, flat: the records' wire form (collectors.records)."""
+    attributes: tuple[AttributeValue, ...] = (
+        "tenant_id", tenant_id,
+        "model_version", model_version,
+        "prompt_version", prompt_version,
+        "input_tokens", input_tokens,
+        "output_tokens", output_tokens,
+        "cost_usd", cost_usd,
+        "priced", priced,
+        "event_id", event_id,
+        "provider", provider,
+    )
+    if correlation_id is not None:
+        attributes += ("correlation_id", correlation_id)
+    if request_id is not None:
+        attributes += ("request_id", request_id)
+    return attributes

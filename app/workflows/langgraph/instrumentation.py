@@ -335,9 +335,7 @@ class WorkflowInstrumentation:
             if state.status == "awaiting_approval":
                 status = "interrupted"
                 self._remember_paused(tenant, request.request_id, root.context)
-            attributes = root.attributes
-            if attributes is None:  # the common case: the root has no attribute yet
-                attributes = root.attributes = {}
+            attributes = root.attribute_map()
             if state.decision is not None:
                 attributes["decision"] = state.decision
             attributes["approval_required"] = state.approval_required
