@@ -121,7 +121,8 @@ def run(quick: bool) -> BenchResult:
         elapsed = loop.run_until_complete(go())
         process = time.process_time_ns() - process_before
         cpu = cpu_split(cpu_before, thread_cpu_ns(), per_round)
-        return {"ns": elapsed / per_round, "process_cpu_ns": process / per_round, **cpu}
+        return {"ns": elapsed / per_round, "process_cpu_ns": process / per_round, **cpu,
+                **_thread_groups(cpu)}
 
     try:
         loop.run_until_complete(on.run(requests()[0]))  # build caches, start executors
@@ -163,6 +164,7 @@ def run(quick: bool) -> BenchResult:
         note=f"{rounds} rounds of {per_round} requests per variant, one request at a time; "
              "a round ends when the flush after its requests completes.",
     )
+    added_cpu = _added_cpu_table(runs, cpu_added.median)
     dropped = health.dropped_total
     profile = _opcode_profile(10 if quick else 40)
     added_ops = profile["instrumented"] - profile["bare"]
@@ -200,7 +202,7 @@ def run(quick: bool) -> BenchResult:
         name=NAME,
         title=TITLE,
         summary=__doc__.split("\n\n", 1)[1].strip() if __doc__ else "",
-        tables=[table, opcodes, situ],
+        tables=[table, added_cpu, opcodes, situ],
         targets=[Target(
             goal="instrumentation overhead < 1 % of a workflow run",
             measured=f"{fmt_float(overhead.median * 100, 2)} % "
@@ -228,6 +230,22 @@ def run(quick: bool) -> BenchResult:
         ],
         analysis="" if met else _ANALYSIS.format(
             added=fmt_float(added.median / 1000, 1),
+            caller_share=_share(runs, _CALLER, cpu_added.median),
+            executor_share=_share(runs, _EXECUTORS, cpu_added.median),
+            collector_share=_share(runs, _COLLECTORS, cpu_added.median),
+            cs_rev=_CACHESIM["rev"],
+            cs_main_ir=fmt_float(_CACHESIM["main_ir"] / 1e3, 0),
+            cs_main_d1=fmt_float(_CACHESIM["main_d1"] / 1e3, 2),
+            cs_main_i1=fmt_float(_CACHESIM["main_i1"] / 1e3, 2),
+            cs_rate_d1=fmt_float(_CACHESIM["main_d1"] / _CACHESIM["main_ir"] * 1000, 0),
+            cs_bare_d1=fmt_float(_CACHESIM["bare_d1_per_k"], 0),
+            cs_rate_i1=fmt_float(_CACHESIM["main_i1"] / _CACHESIM["main_ir"] * 1000, 0),
+            cs_bare_i1=fmt_float(_CACHESIM["bare_i1_per_k"], 0),
+            cs_d1_share=fmt_float(_CACHESIM["all_d1"] / _CACHESIM["bare_all_d1"] * 100, 1),
+            cs_ctx=fmt_float(_CACHESIM["contextvar"] / 1e3, 0),
+            cs_ctx_share=fmt_float(_CACHESIM["contextvar"] / _CALLGRIND[0] * 100, 0),
+            cs_ctx_span=fmt_float(_CACHESIM["contextvar"] / _CACHESIM["contextvar_spans"] / 1e3,
+                                  1),
             ops=fmt_float(added_ops, 0),
             share=fmt_float(added_ops / profile["bare"] * 100, 2),
             floor=fmt_float(profile["floor_per_node"], 0),
@@ -242,6 +260,65 @@ def run(quick: bool) -> BenchResult:
             pure_added=fmt_float(_CALLGRIND_PURE[0] / 1e3, 0),
             pure_share=fmt_float(_CALLGRIND_PURE[0] / _CALLGRIND_PURE[1] * 100, 2),
         ),
+    )
+
+
+#: The thread groups of the added-CPU table: the calling thread (the event loop: the
+#: run's start and end, the async nodes' wrapper, the generation), LangGraph's executor
+#: threads (the sync nodes, in the compiled node wrapper), the collector threads.
+_CALLER = "cpu_group:calling"
+_EXECUTORS = "cpu_group:executors"
+_COLLECTORS = "cpu_group:collectors"
+
+
+def _thread_groups(cpu: Mapping[str, float]) -> dict[str, float]:
+    """One round's CPU per request summed by thread group (keys always present)."""
+    executors = sum(v for k, v in cpu.items() if k.startswith("cpu:asyncio_"))
+    collectors = sum(v for k, v in cpu.items() if k.startswith("cpu:collector-"))
+    return {_CALLER: cpu["cpu_caller_ns"], _EXECUTORS: executors, _COLLECTORS: collectors}
+
+
+def _paired_added(runs: Any, key: str) -> float | None:
+    """Median over rounds of ``on - off`` for ``key``; ``None`` if a variant lacks it."""
+    on, off = runs.samples["on"].get(key), runs.samples["off"].get(key)
+    if on is None or off is None or len(on) != len(off):
+        return None
+    return float(runs.paired(("on", key), ("off", key), lambda a, b: a - b).median)
+
+
+def _share(runs: Any, key: str, total: float) -> str:
+    added = _paired_added(runs, key)
+    if added is None or total <= 0:
+        return "n/a"
+    return f"{fmt_float(added / total * 100, 0)} %"
+
+
+def _added_cpu_table(runs: Any, process_added: float) -> Table:
+    """Where the added CPU goes, by thread (paired per round, on - off)."""
+    rows: list[tuple[str, str, str]] = []
+    named = [
+        ("calling thread (event loop: run start and end, async nodes, the generation)",
+         _CALLER),
+        ("LangGraph's executor threads (sync nodes, compiled wrapper)", _EXECUTORS),
+        ("collector threads (applying the records)", _COLLECTORS),
+    ]
+    collectors = sorted(k for k in runs.samples["on"] if k.startswith("cpu:collector-"))
+    named += [(f"- `{k[4:]}`", k) for k in collectors]
+    for label, key in named:
+        added = _paired_added(runs, key)
+        if added is None:
+            continue
+        share = f"{fmt_float(added / process_added * 100, 0)} %" if process_added > 0 else "-"
+        rows.append((label, fmt_float(added / 1000, 1), share))
+    rows.append(("all threads (process CPU)", fmt_float(process_added / 1000, 1), "100 %"))
+    return Table(
+        title="Where the added CPU goes (µs per request, median of the paired "
+              "per-round differences, on - off)",
+        headers=("threads", "added CPU µs per request", "share of the process' added CPU"),
+        rows=tuple(rows),
+        note="Each row is the median of its own per-round differences, so the rows need "
+             "not add up to the total exactly. A thread's on-CPU time is read from "
+             "`/proc/self/task/<tid>/schedstat`.",
     )
 
 
@@ -348,39 +425,74 @@ _FLOOR_NODES_PER_RUN = 10
 #: (`benchmarks/tools/workflow_instructions.py on|off 50|450 --no-gc`, collectors' linger
 #: 1.0 s, per request): instructions added, the bare run's instructions, the revision, the
 #: date.
-_CALLGRIND = (209_100, 15_326_000, "168b248", "2026-11-23")
+_CALLGRIND = (207_400, 15_311_800, "24e40d6", "2026-11-23")
+
+#: The same runs under callgrind's cache simulation (``--cache-sim=yes``, its default
+#: model of this machine's caches), per request at rev 24e40d6: the calling (main)
+#: thread's added instructions and first-level data and instruction cache misses; the
+#: bare run's misses per 1,000 instructions on that thread; every thread's added and
+#: bare first-level data misses; and the instructions of the ContextVar set and reset
+#: each span does, over the spans that do them.
+_CACHESIM = {
+    "rev": "24e40d6",
+    "main_ir": 104_000, "main_d1": 3_750, "main_i1": 2_637,
+    "bare_d1_per_k": 10.98, "bare_i1_per_k": 21.0,
+    "all_d1": 6_750, "bare_all_d1": 169_300,
+    "contextvar": 21_300, "contextvar_spans": 9,
+}
 
 #: The same before the compiled hot path (pure Python, rev c371cfc): +493k on 15.3M.
 _CALLGRIND_PURE = (493_000, 15_300_000)
 
 _ANALYSIS = """**Why the target is missed, and where the time goes.** The median round
 added {added} µs per request (the confidence interval above bounds the
-median; the rounds themselves spread far wider). The deterministic view:
-under callgrind with the garbage collector off
+median; the rounds themselves spread far wider). The added-CPU table splits it
+by thread: the calling thread (the event loop) {caller_share} of the process'
+added CPU, LangGraph's executor threads (the sync nodes) {executor_share}, the
+collector threads applying the records {collector_share}.
+
+*Instructions.* Under callgrind with the garbage collector off
 (`benchmarks/tools/workflow_instructions.py`, collectors' linger 1.0 s), the
 instrumentation adds {cg_added}k instructions to the bare run's {cg_bare}M per
 request, {cg_share} % (measured at rev {cg_rev}, {cg_date}); before the
 compiled hot path (rev c371cfc, default linger) it added {pure_added}k,
-{pure_share} %. Wall time costs about three times the
-instruction share, for three measured reasons: the collector threads' work
-(the CPU column above: they hold the GIL while they apply a run's records, so
-on two cores the caller waits for them), the extra young collections
-(GC row), and cache misses: inside a LangGraph run each instrumentation call
-finds its code and data evicted (the in-situ table: the generation's call costs
-several times its hot-loop price).
+{pure_share} %. Wall time costs about three times the instruction share.
 
-With the compiled hot path (`collectors/_speedups.c`) the run's root span and
-every node span start and end in C (ids, outbox, attributes), sync nodes run in
-a compiled wrapper, the metric calls, the queue offers, the outbox's sends and
-the metrics collector's series updates are C, and the generation takes a fast
-path with a price cache. What is left in Python is {ops} opcodes per request
-({share} % of the bare run's opcodes; table above): the generation, the cost
-and trace collectors' apply code and the collectors' drain loops, the run's
-end (`end_run`: its metrics and the root's attributes) and the async nodes'
-wrapper coroutine. The remaining steps, in order of payoff: the collectors'
-work per run (the metrics collector's apply, the cost collector's `Decimal`
-sums), the generation as one compact record, and fewer collector wake-ups'
-worth of Python (`threading.Condition` waits).
+*Memory, the rest of the gap.* Callgrind's cache simulation (`--cache-sim=yes`,
+same runs, rev {cs_rev}) shows why: on the calling thread the instrumentation's
+{cs_main_ir}k instructions per request miss the first-level data cache
+{cs_main_d1}k times ({cs_rate_d1} misses per 1,000 instructions, against
+{cs_bare_d1} for the bare run's code) and the instruction cache {cs_main_i1}k
+times ({cs_rate_i1} against {cs_bare_i1}). Each instrumentation call runs
+between long stretches of LangGraph, which evict its code and data, and it
+works on newly allocated objects (a span, its records, the context's new
+nodes), so each of its instructions costs several times one of LangGraph's (the
+in-situ table: the generation's call costs several times its hot-loop price).
+The extra young collections (GC row) add the rest.
+
+*What the required work costs.* Every node span is made current in the node's
+own context, as the tracing design requires: in LangGraph's contexts the
+`ContextVar` set and reset cost {cs_ctx_span}k instructions per span,
+{cs_ctx}k per request ({cs_ctx_share} % of the added instructions). Every
+record is an immutable Python object that travels through a janus queue to
+the collector thread that owns its store, as the architecture fixes.
+Closing the gap to 1 % of wall time would take cutting the per-request memory
+traffic several-fold, not a few more instructions: for example fixed-size
+records written to per-thread C ring buffers, with ids and parent links
+resolved later by the collectors, and node spans that are not installed in a
+`ContextVar` (a nested call would find its parent through LangGraph's own
+per-task configuration). The first replaces the janus queues of Python records;
+the second changes how nested spans find their parent. Neither is built.
+
+*What is left in Python.* With the compiled hot path (`collectors/_speedups.c`)
+the run's root span and every node span start and end in C (ids, outbox,
+attributes), sync nodes run in a compiled wrapper, the metric calls, the queue
+offers, the outbox's sends and the metrics collector's series updates are C,
+and the generation takes a fast path with a price cache. What is left in Python
+is {ops} opcodes per request ({share} % of the bare run's opcodes; table
+above): the generation, the cost and trace collectors' apply code and the
+collectors' drain loops, the run's end (`end_run`: its metrics and the root's
+attributes) and the async nodes' wrapper coroutine.
 
 **The Python floor, for reference.** The least Python work of one
 instrumented node (`benchmarks/_prototypes.py:FloorNode`, the `node`

@@ -21,6 +21,10 @@ callgrind a request takes ~50x longer than natively, so the service default
 for nearly every request and charge their wake-ups to the instrumentation
 many times over. Even 1.0 s still wakes them several times more often per
 request than a native run does: the collectors' share stays an upper bound.
+
+Add ``--separate-threads=yes`` to valgrind for one output file per thread, and
+``--cache-sim=yes`` for callgrind's simulated first-level cache misses beside
+the instructions (the workflow benchmark's analysis quotes both).
 """
 
 from __future__ import annotations

@@ -86,3 +86,31 @@ def test_the_median_interval_brackets_the_median_and_narrows_with_more_rounds() 
     assert wide[1] - wide[0] > narrow[1] - narrow[0]
     with pytest.raises(ValueError):
         median_interval([])
+
+
+@pytest.mark.timeout(60)
+def test_the_workflow_report_splits_the_added_cpu_by_thread_group() -> None:
+    from benchmarks._harness import Runs
+    from benchmarks.bench_workflow import _added_cpu_table, _thread_groups
+
+    def round_(caller: float, executor: float, collector: float) -> dict[str, float]:
+        cpu = {"cpu_caller_ns": caller, "cpu_background_ns": 2 * executor + collector,
+               "cpu:asyncio_0": executor, "cpu:asyncio_1": executor,
+               "cpu:collector-trace": collector}
+        return {**cpu, **_thread_groups(cpu)}
+
+    runs = Runs(order=("on", "off"), rounds=3)
+    for variant, rows in (("on", [round_(1_100, 300, 50)] * 3),
+                          ("off", [round_(1_000, 250, 40)] * 3)):
+        runs.samples[variant] = {key: [row[key] for row in rows] for key in rows[0]}
+
+    table = _added_cpu_table(runs, process_added=200.0)
+    by_label = {row[0]: row for row in table.rows}
+
+    assert by_label["calling thread (event loop: run start and end, async nodes, "
+                    "the generation)"][1:] == ("0.1", "50 %")  # +100 ns of 200
+    assert by_label["LangGraph's executor threads (sync nodes, compiled wrapper)"][1:] == (
+        "0.1", "50 %")  # two threads, +50 ns each
+    assert by_label["collector threads (applying the records)"][1:] == ("0.01", "5 %")
+    assert by_label["- `collector-trace`"][1:] == ("0.01", "5 %")
+    assert table.rows[-1] == ("all threads (process CPU)", "0.2", "100 %")
