@@ -233,6 +233,9 @@ def run(quick: bool) -> BenchResult:
             caller_share=_share(runs, _CALLER, cpu_added.median),
             executor_share=_share(runs, _EXECUTORS, cpu_added.median),
             collector_share=_share(runs, _COLLECTORS, cpu_added.median),
+            caller_us=_added_us(runs, _CALLER),
+            collector_us=_added_us(runs, _COLLECTORS),
+            cs_coll_ir=fmt_float(_CACHESIM["collectors_ir"] / 1e3, 0),
             cs_rev=_CACHESIM["rev"],
             cs_main_ir=fmt_float(_CACHESIM["main_ir"] / 1e3, 0),
             cs_main_d1=fmt_float(_CACHESIM["main_d1"] / 1e3, 2),
@@ -284,6 +287,11 @@ def _paired_added(runs: Any, key: str) -> float | None:
     if on is None or off is None or len(on) != len(off):
         return None
     return float(runs.paired(("on", key), ("off", key), lambda a, b: a - b).median)
+
+
+def _added_us(runs: Any, key: str) -> str:
+    added = _paired_added(runs, key)
+    return "n/a" if added is None else fmt_float(added / 1000, 1)
 
 
 def _share(runs: Any, key: str, total: float) -> str:
@@ -431,14 +439,16 @@ _CALLGRIND = (207_400, 15_311_800, "24e40d6", "2026-11-23")
 #: model of this machine's caches), per request at rev 24e40d6: the calling (main)
 #: thread's added instructions and first-level data and instruction cache misses; the
 #: bare run's misses per 1,000 instructions on that thread; every thread's added and
-#: bare first-level data misses; and the instructions of the ContextVar set and reset
-#: each span does, over the spans that do them.
+#: bare first-level data misses; the instructions of the ContextVar set and reset
+#: each span does, over the spans that do them; the collector threads' added
+#: instructions.
 _CACHESIM = {
     "rev": "24e40d6",
     "main_ir": 104_000, "main_d1": 3_750, "main_i1": 2_637,
     "bare_d1_per_k": 10.98, "bare_i1_per_k": 21.0,
     "all_d1": 6_750, "bare_all_d1": 169_300,
     "contextvar": 21_300, "contextvar_spans": 9,
+    "collectors_ir": 43_600,
 }
 
 #: The same before the compiled hot path (pure Python, rev c371cfc): +493k on 15.3M.
@@ -468,7 +478,10 @@ between long stretches of LangGraph, which evict its code and data, and it
 works on newly allocated objects (a span, its records, the context's new
 nodes), so each of its instructions costs several times one of LangGraph's (the
 in-situ table: the generation's call costs several times its hot-loop price).
-The extra young collections (GC row) add the rest.
+The collector threads show the contrast: their {cs_coll_ir}k added instructions
+per request take {collector_us} µs of CPU (added-CPU table), applied in batches
+with their code and data warm, while the calling thread's {cs_main_ir}k take
+{caller_us} µs. The extra young collections (GC row) add the rest.
 
 *What the required work costs.* Every node span is made current in the node's
 own context, as the tracing design requires: in LangGraph's contexts the
