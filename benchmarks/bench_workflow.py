@@ -40,11 +40,12 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 from benchmarks._harness import (
     REPO_ROOT,
     BenchResult,
+    Runs,
     Table,
     Target,
     Variant,
@@ -235,19 +236,18 @@ def run(quick: bool) -> BenchResult:
             collector_share=_share(runs, _COLLECTORS, cpu_added.median),
             caller_us=_added_us(runs, _CALLER),
             collector_us=_added_us(runs, _COLLECTORS),
-            cs_coll_ir=fmt_float(_CACHESIM["collectors_ir"] / 1e3, 0),
-            cs_rev=_CACHESIM["rev"],
-            cs_main_ir=fmt_float(_CACHESIM["main_ir"] / 1e3, 0),
-            cs_main_d1=fmt_float(_CACHESIM["main_d1"] / 1e3, 2),
-            cs_main_i1=fmt_float(_CACHESIM["main_i1"] / 1e3, 2),
-            cs_rate_d1=fmt_float(_CACHESIM["main_d1"] / _CACHESIM["main_ir"] * 1000, 0),
-            cs_bare_d1=fmt_float(_CACHESIM["bare_d1_per_k"], 0),
-            cs_rate_i1=fmt_float(_CACHESIM["main_i1"] / _CACHESIM["main_ir"] * 1000, 0),
-            cs_bare_i1=fmt_float(_CACHESIM["bare_i1_per_k"], 0),
-            cs_d1_share=fmt_float(_CACHESIM["all_d1"] / _CACHESIM["bare_all_d1"] * 100, 1),
-            cs_ctx=fmt_float(_CACHESIM["contextvar"] / 1e3, 0),
-            cs_ctx_share=fmt_float(_CACHESIM["contextvar"] / _CALLGRIND[0] * 100, 0),
-            cs_ctx_span=f'{_CACHESIM["contextvar"] / _CACHESIM["contextvar_spans"] / 1e3:.1f}',
+            cs_coll_ir=fmt_float(_CACHESIM.collectors_ir / 1e3, 0),
+            cs_rev=_CACHESIM.rev,
+            cs_main_ir=fmt_float(_CACHESIM.main_ir / 1e3, 0),
+            cs_main_d1=fmt_float(_CACHESIM.main_d1 / 1e3, 2),
+            cs_main_i1=fmt_float(_CACHESIM.main_i1 / 1e3, 2),
+            cs_rate_d1=fmt_float(_CACHESIM.main_d1 / _CACHESIM.main_ir * 1000, 0),
+            cs_bare_d1=fmt_float(_CACHESIM.bare_d1_per_k, 0),
+            cs_rate_i1=fmt_float(_CACHESIM.main_i1 / _CACHESIM.main_ir * 1000, 0),
+            cs_bare_i1=fmt_float(_CACHESIM.bare_i1_per_k, 0),
+            cs_ctx=fmt_float(_CACHESIM.contextvar / 1e3, 0),
+            cs_ctx_share=fmt_float(_CACHESIM.contextvar / _CALLGRIND[0] * 100, 0),
+            cs_ctx_span=f'{_CACHESIM.contextvar / _CACHESIM.contextvar_spans / 1e3:.1f}',
             ops=fmt_float(added_ops, 0),
             share=fmt_float(added_ops / profile["bare"] * 100, 2),
             floor=fmt_float(profile["floor_per_node"], 0),
@@ -280,7 +280,7 @@ def _thread_groups(cpu: Mapping[str, float]) -> dict[str, float]:
     return {_CALLER: cpu["cpu_caller_ns"], _EXECUTORS: executors, _COLLECTORS: collectors}
 
 
-def _paired_added(runs: Any, key: str) -> float | None:
+def _paired_added(runs: Runs, key: str) -> float | None:
     """Median over rounds of ``on - off`` for ``key``; ``None`` if a variant lacks it."""
     on, off = runs.samples["on"].get(key), runs.samples["off"].get(key)
     if on is None or off is None or len(on) != len(off):
@@ -288,19 +288,19 @@ def _paired_added(runs: Any, key: str) -> float | None:
     return float(runs.paired(("on", key), ("off", key), lambda a, b: a - b).median)
 
 
-def _added_us(runs: Any, key: str) -> str:
+def _added_us(runs: Runs, key: str) -> str:
     added = _paired_added(runs, key)
     return "n/a" if added is None else fmt_float(added / 1000, 1)
 
 
-def _share(runs: Any, key: str, total: float) -> str:
+def _share(runs: Runs, key: str, total: float) -> str:
     added = _paired_added(runs, key)
     if added is None or total <= 0:
         return "n/a"
     return f"{fmt_float(added / total * 100, 0)} %"
 
 
-def _added_cpu_table(runs: Any, process_added: float) -> Table:
+def _added_cpu_table(runs: Runs, process_added: float) -> Table:
     """Where the added CPU goes, by thread (paired per round, on - off)."""
     rows: list[tuple[str, str, str]] = []
     named = [
@@ -437,18 +437,26 @@ _CALLGRIND = (207_400, 15_311_800, "24e40d6", "2026-11-23")
 #: The same runs under callgrind's cache simulation (``--cache-sim=yes``, its default
 #: model of this machine's caches), per request at rev 24e40d6: the calling (main)
 #: thread's added instructions and first-level data and instruction cache misses; the
-#: bare run's misses per 1,000 instructions on that thread; every thread's added and
-#: bare first-level data misses; the instructions of the ContextVar set and reset
-#: each span does, over the spans that do them; the collector threads' added
-#: instructions.
-_CACHESIM = {
-    "rev": "24e40d6",
-    "main_ir": 104_000, "main_d1": 3_750, "main_i1": 2_637,
-    "bare_d1_per_k": 10.98, "bare_i1_per_k": 21.0,
-    "all_d1": 6_750, "bare_all_d1": 169_300,
-    "contextvar": 21_300, "contextvar_spans": 9,
-    "collectors_ir": 43_600,
-}
+#: bare run's misses per 1,000 instructions on that thread; the instructions of the
+#: ContextVar set and reset each span does, over the spans that do them; the collector
+#: threads' added instructions.
+class _CacheSim(NamedTuple):
+    rev: str
+    main_ir: int
+    main_d1: int
+    main_i1: int
+    bare_d1_per_k: float
+    bare_i1_per_k: float
+    contextvar: int
+    contextvar_spans: int
+    collectors_ir: int
+
+
+_CACHESIM = _CacheSim(
+    rev="24e40d6", main_ir=104_000, main_d1=3_750, main_i1=2_637,
+    bare_d1_per_k=10.98, bare_i1_per_k=21.0, contextvar=21_300, contextvar_spans=9,
+    collectors_ir=43_600,
+)
 
 #: The same before the compiled hot path (pure Python, rev c371cfc): +493k on 15.3M.
 _CALLGRIND_PURE = (493_000, 15_300_000)
