@@ -15,21 +15,31 @@ rather than on a guess. Nothing in ``app/`` or ``collectors/`` uses them.
   ``node`` benchmark, not a design.
 * :class:`ShellFacade`: the public calls' shapes with empty bodies: what the
   calls alone cost (``with span(...)``, two metric calls with keyword labels).
+* :func:`floor_node_wrapper`: the least a LangGraph node wrapper can do that
+  still measures the node (two clock reads, one tuple per call, appended to a
+  list), keeping sync nodes sync and async nodes async: a floor for the
+  ``workflow`` benchmark, not a design.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import random
 import threading
 import time
 from bisect import bisect_left
 from collections import deque
+from collections.abc import Callable
 from contextvars import ContextVar, Token
 from types import TracebackType
 from typing import Any
 
-__all__ = ("AggregatingCounter", "FloorNode", "PrototypeSpan", "PrototypeTracer", "ShellFacade")
+__all__ = (
+    "AggregatingCounter", "FloorNode", "PrototypeSpan", "PrototypeTracer", "ShellFacade",
+    "floor_node_wrapper",
+)
 
 
 class AggregatingCounter:
@@ -214,3 +224,39 @@ class ShellFacade:
 
     def observe_latency(self, metric: str, seconds: float, /, **labels: str) -> None:
         """Nothing."""
+
+
+def floor_node_wrapper(
+    sink: list[tuple[str, int, int]],
+) -> Callable[[str, Callable[..., Any]], Callable[..., Any]]:
+    """A ``node_wrapper`` for ``build_risk_graph`` that does the least that measures a node.
+
+    Each call of a wrapped node appends ``(node, start_ns, end_ns)`` to ``sink``
+    (a completed call only: no span, no context variable, no failure capture,
+    no queue, no collector). The caller empties ``sink``.
+    """
+    append = sink.append
+    clock = time.perf_counter_ns
+
+    def wrap(name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        if inspect.iscoroutinefunction(fn):
+
+            @functools.wraps(fn)
+            async def async_node(*args: Any, **kwargs: Any) -> Any:
+                started = clock()
+                result = await fn(*args, **kwargs)
+                append((name, started, clock()))
+                return result
+
+            return async_node
+
+        @functools.wraps(fn)
+        def sync_node(*args: Any, **kwargs: Any) -> Any:
+            started = clock()
+            result = fn(*args, **kwargs)
+            append((name, started, clock()))
+            return result
+
+        return sync_node
+
+    return wrap

@@ -77,8 +77,11 @@ def run(quick: bool) -> BenchResult:
     """Alternate instrumented and bare workflow runs; report the overhead."""
     from app.observability import Observability, ObservabilitySettings
     from app.workflows.langgraph.config import WorkflowConfig
+    from app.workflows.langgraph.graph import build_risk_graph
     from app.workflows.langgraph.instrumentation import InstrumentedRiskWorkflow
-    from app.workflows.langgraph.state import RiskRequest
+    from app.workflows.langgraph.runner import run_risk_workflow
+    from app.workflows.langgraph.state import RiskRequest, RiskState
+    from benchmarks._prototypes import floor_node_wrapper
 
     quiet_logging()
     # Short rounds, many of them: the executor-thread hops LangGraph makes for
@@ -90,6 +93,16 @@ def run(quick: bool) -> BenchResult:
     config = WorkflowConfig(seed=1)
     on = InstrumentedRiskWorkflow(obs, config=config)
     off = InstrumentedRiskWorkflow(obs, config=config, instrument=False)
+    # The floor: the bare graph with the least node wrapper that measures a node.
+    floor_sink: list[tuple[str, int, int]] = []
+    floor_graph = build_risk_graph(
+        config=config, evaluator=obs.evaluation, node_wrapper=floor_node_wrapper(floor_sink))
+
+    class FloorWorkflow:
+        async def run(self, request: RiskRequest) -> RiskState:
+            return await run_risk_workflow(floor_graph, request, config=config)
+
+    floor = FloorWorkflow()
     loop = asyncio.new_event_loop()
     counter = [0]
 
@@ -105,7 +118,7 @@ def run(quick: bool) -> BenchResult:
             ))
         return batch
 
-    def variant(workflow: InstrumentedRiskWorkflow) -> Mapping[str, float]:
+    def variant(workflow: InstrumentedRiskWorkflow | FloorWorkflow) -> Mapping[str, float]:
         batch = requests()
 
         async def go() -> int:
@@ -122,6 +135,7 @@ def run(quick: bool) -> BenchResult:
         elapsed = loop.run_until_complete(go())
         process = time.process_time_ns() - process_before
         cpu = cpu_split(cpu_before, thread_cpu_ns(), per_round)
+        floor_sink.clear()  # (untimed)
         return {"ns": elapsed / per_round, "process_cpu_ns": process / per_round, **cpu,
                 **_thread_groups(cpu)}
 
@@ -129,7 +143,8 @@ def run(quick: bool) -> BenchResult:
         loop.run_until_complete(on.run(requests()[0]))  # build caches, start executors
         fill = _fill_trace_ring(obs, loop, on, requests)
         runs = alternate(
-            [Variant("on", lambda: variant(on)), Variant("off", lambda: variant(off))],
+            [Variant("on", lambda: variant(on)), Variant("off", lambda: variant(off)),
+             Variant("floor", lambda: variant(floor))],
             rounds=rounds, warmup=1,
         )
         in_situ = _in_situ_costs(obs, loop, config, requests, 10 if quick else 300)
@@ -148,6 +163,12 @@ def run(quick: bool) -> BenchResult:
     cpu_added = runs.paired(
         ("on", "process_cpu_ns"), ("off", "process_cpu_ns"), lambda a, b: a - b
     )
+    floor_overhead = runs.paired(("floor", "ns"), ("off", "ns"), lambda a, b: (a - b) / b)
+    floor_interval = runs.paired_interval(
+        ("floor", "ns"), ("off", "ns"), lambda a, b: (a - b) / b)
+    floor_cpu = runs.paired(
+        ("floor", "process_cpu_ns"), ("off", "process_cpu_ns"), lambda a, b: a - b)
+    budget_ns = TARGET_OVERHEAD * runs.stats("off", "process_cpu_ns").median
     met = overhead.median < TARGET_OVERHEAD
     table = Table(
         title="Per request (wall time, median over alternating rounds; p10-p90)",
@@ -159,11 +180,21 @@ def run(quick: bool) -> BenchResult:
             ("off (bare graph)", fmt_stats(off_stats, fmt_us),
              fmt_stats(runs.stats("off", "process_cpu_ns"), fmt_us),
              runs.background_cpu("off")),
+            ("floor (bare graph, minimal node wrapper)",
+             fmt_stats(runs.stats("floor", "ns"), fmt_us),
+             fmt_stats(runs.stats("floor", "process_cpu_ns"), fmt_us),
+             runs.background_cpu("floor")),
             ("on - off (paired per round)", fmt_stats(added, fmt_us),
              fmt_stats(cpu_added, fmt_us), ""),
+            ("floor - off (paired per round)",
+             fmt_stats(runs.paired(("floor", "ns"), ("off", "ns"), lambda a, b: a - b), fmt_us),
+             fmt_stats(floor_cpu, fmt_us), ""),
         ),
         note=f"{rounds} rounds of {per_round} requests per variant, one request at a time; "
-             "a round ends when the flush after its requests completes.",
+             "a round ends when the flush after its requests completes. The floor wraps "
+             "every node of the bare graph in the least a wrapper can do that measures "
+             "it (`benchmarks/_prototypes.py:floor_node_wrapper`: two clock reads and "
+             "one tuple per node; no span, context variable, queue or collector).",
     )
     added_cpu = _added_cpu_table(runs, cpu_added.median)
     dropped = health.dropped_total
@@ -222,8 +253,13 @@ def run(quick: bool) -> BenchResult:
             f"{fmt_float(cpu_overhead.median * 100, 2)} % "
             f"(p10 {fmt_float(cpu_overhead.p10 * 100, 2)} %, "
             f"p90 {fmt_float(cpu_overhead.p90 * 100, 2)} %)",
+            f"floor - off: {fmt_float(floor_overhead.median * 100, 2)} % wall (95 % confidence "
+            f"interval of the median {fmt_float(floor_interval[0] * 100, 2)} % to "
+            f"{fmt_float(floor_interval[1] * 100, 2)} %), "
+            f"{fmt_float(floor_cpu.median / 1000, 1)} µs of process CPU per request, against "
+            f"a 1 % budget of {fmt_float(budget_ns / 1000, 1)} µs (1 % of the bare run's CPU)",
             f"GC per round (gen0/gen1/gen2, pause): on {runs.gc_summary('on')}; "
-            f"off {runs.gc_summary('off')}",
+            f"off {runs.gc_summary('off')}; floor {runs.gc_summary('floor')}",
             f"start-up transient, not in the rounds: {fill['requests']} instrumented requests "
             f"filled the trace ring ({fill['spans']:,} spans) at "
             f"{fmt_float(fill['us_per_request'], 0)} µs per request with "
@@ -231,6 +267,10 @@ def run(quick: bool) -> BenchResult:
         ],
         analysis="" if met else _ANALYSIS.format(
             added=fmt_float(added.median / 1000, 1),
+            floor_cpu=fmt_float(floor_cpu.median / 1000, 1),
+            floor_wall=fmt_float(floor_overhead.median * 100, 2),
+            budget=fmt_float(budget_ns / 1000, 1),
+            wrapper_share=f"{fmt_float(floor_cpu.median / budget_ns * 100, 0)} %",
             caller_share=_share(runs, _CALLER, cpu_added.median),
             executor_share=_share(runs, _EXECUTORS, cpu_added.median),
             collector_share=_share(runs, _COLLECTORS, cpu_added.median),
@@ -490,6 +530,14 @@ per request take {collector_us} µs of CPU (added-CPU table), applied in batches
 with their code and data warm, while the calling thread's {cs_main_ir}k take
 {caller_us} µs. The extra young collections (GC row) add the rest.
 
+*The floor.* The floor variant wraps every node in the least a wrapper can do
+that measures it (two clock reads and one tuple per node; no span, no context
+variable, no queue, no collector): it adds {floor_cpu} µs of process CPU per
+request ({floor_wall} % wall at the median), against a 1 % budget of {budget}
+µs (1 % of the bare run's process CPU per request): {wrapper_share} of the
+budget goes to measuring the nodes at all, before any span, context,
+generation, metric or collector work.
+
 *What the required work costs.* Every node span is made current in the node's
 own context, as the tracing design requires: in LangGraph's contexts the
 `ContextVar` set and reset cost {cs_ctx_span}k instructions per span,
@@ -501,8 +549,10 @@ traffic several-fold, not a few more instructions: for example fixed-size
 records written to per-thread C ring buffers, with ids and parent links
 resolved later by the collectors, and node spans that are not installed in a
 `ContextVar` (a nested call would find its parent through LangGraph's own
-per-task configuration). The first replaces the janus queues of Python records;
-the second changes how nested spans find their parent. Neither is built.
+per-task configuration); and, as the floor shows, a wrapper compiled for the
+async nodes too (the sync nodes' already is). The first replaces the janus
+queues of Python records; the second changes how nested spans find their
+parent. Neither is built.
 
 *What is left in Python.* With the compiled hot path (`collectors/_speedups.c`)
 the run's root span and every node span start and end in C (ids, outbox,

@@ -114,3 +114,29 @@ def test_the_workflow_report_splits_the_added_cpu_by_thread_group() -> None:
     assert by_label["collector threads (applying the records)"][1:] == ("0.01", "5 %")
     assert by_label["- `collector-trace`"][1:] == ("0.01", "5 %")
     assert table.rows[-1] == ("all threads (process CPU)", "0.2", "100 %")
+
+
+@pytest.mark.timeout(60)
+def test_the_floor_node_wrapper_keeps_the_node_kind_and_records_each_call() -> None:
+    import asyncio
+    import inspect
+
+    from benchmarks._prototypes import floor_node_wrapper
+
+    def sync_node(state: int) -> int:
+        return state + 1
+
+    async def async_node(state: int) -> int:
+        return state * 2
+
+    sink: list[tuple[str, int, int]] = []
+    wrap = floor_node_wrapper(sink)
+    wrapped_sync, wrapped_async = wrap("s", sync_node), wrap("a", async_node)
+
+    assert not inspect.iscoroutinefunction(wrapped_sync)
+    assert inspect.iscoroutinefunction(wrapped_async)
+    assert wrapped_sync.__wrapped__ is sync_node  # type: ignore[attr-defined]
+    assert wrapped_sync(1) == 2
+    assert asyncio.run(wrapped_async(3)) == 6
+    assert [name for name, _, _ in sink] == ["s", "a"]
+    assert all(start <= end for _, start, end in sink)
