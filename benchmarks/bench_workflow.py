@@ -1,6 +1,6 @@
 """``workflow``: the real LangGraph risk workflow with instrumentation on and off.
 
-Both variants run the same compiled graph shape (``build_risk_graph``) with the
+The variants run the same compiled graph shape (``build_risk_graph``) with the
 same zero-latency simulated LLM (the harshest case: nothing but Python runs)
 and the same evaluator (``obs.evaluation``, a node of the workflow in both):
 
@@ -8,9 +8,13 @@ and the same evaluator (``obs.evaluation``, a node of the workflow in both):
   latency, generation, failure capture) and each request wrapped in a
   batched ``workflow`` span with the request metrics;
 * **off**: ``InstrumentedRiskWorkflow(obs, instrument=False)`` -- the bare
-  graph, no node wrapper, no run wrapper.
+  graph, no node wrapper, no run wrapper;
+* **floor**: the bare graph with the least node wrapper that measures a node
+  (``benchmarks/_prototypes.py:floor_node_wrapper``: two clock reads and one
+  tuple per node), which says how much of the 1 % budget timing the nodes at
+  all takes.
 
-Rounds alternate (on, off, on, off...) over the same request mix (approvals,
+Rounds alternate (on, off, floor, on, off, floor...) over the same request mix (approvals,
 escalations, reviews; no failures), one request at a time on one event loop,
 with the collector threads running in both variants. A round's time is the
 wall time of its requests and of the flush that follows them, so it includes
