@@ -77,53 +77,66 @@ _PAYLOAD = {
 _REVIEW = {**_PAYLOAD, "amount": "800", "account_age_days": 60, "prior_chargebacks": 1}
 
 
-def run(quick: bool) -> BenchResult:
-    """Alternate instrumented and bare workflow runs; report the overhead."""
-    from app.observability import Observability, ObservabilitySettings
-    from app.workflows.langgraph.config import WorkflowConfig
-    from app.workflows.langgraph.graph import build_risk_graph
-    from app.workflows.langgraph.instrumentation import InstrumentedRiskWorkflow
-    from app.workflows.langgraph.runner import run_risk_workflow
-    from app.workflows.langgraph.state import RiskRequest, RiskState
-    from benchmarks._prototypes import floor_node_wrapper
+class _Rounds:
+    """The workflow variants on one container and event loop, and one timed round of each.
 
-    quiet_logging()
-    # Short rounds, many of them: the executor-thread hops LangGraph makes for
-    # sync nodes make single rounds noisy, and the median of many paired
-    # (on, off) rounds is what stays put.
-    per_round = 10 if quick else 20
-    rounds = 5 if quick else 150
-    obs = Observability(ObservabilitySettings(drain_at_exit=False))
-    config = WorkflowConfig(seed=1)
-    on = InstrumentedRiskWorkflow(obs, config=config)
-    off = InstrumentedRiskWorkflow(obs, config=config, instrument=False)
-    # The floor: the bare graph with the least node wrapper that measures a node.
-    floor_sink: list[tuple[str, int, int]] = []
-    floor_graph = build_risk_graph(
-        config=config, evaluator=obs.evaluation, node_wrapper=floor_node_wrapper(floor_sink))
+    Used by :func:`run` and by ``benchmarks/tools/workflow_floor.py``.
 
-    class FloorWorkflow:
-        async def run(self, request: RiskRequest) -> RiskState:
-            return await run_risk_workflow(floor_graph, request, config=config)
+    Args:
+        per_round: Requests per round.
+    """
 
-    floor = FloorWorkflow()
-    loop = asyncio.new_event_loop()
-    counter = [0]
+    def __init__(self, per_round: int) -> None:
+        from app.observability import Observability, ObservabilitySettings
+        from app.workflows.langgraph.config import WorkflowConfig
+        from app.workflows.langgraph.graph import build_risk_graph
+        from app.workflows.langgraph.instrumentation import InstrumentedRiskWorkflow
+        from app.workflows.langgraph.runner import run_risk_workflow
+        from app.workflows.langgraph.state import RiskRequest, RiskState
+        from benchmarks._prototypes import floor_node_wrapper
 
-    def requests() -> list[RiskRequest]:
+        self._request_type = RiskRequest
+        self.per_round = per_round
+        self.obs = Observability(ObservabilitySettings(drain_at_exit=False))
+        self.config = config = WorkflowConfig(seed=1)
+        self.on = InstrumentedRiskWorkflow(self.obs, config=config)
+        self.off = InstrumentedRiskWorkflow(self.obs, config=config, instrument=False)
+        # The floor: the bare graph with the least node wrapper that measures a node.
+        self._floor_sink: list[tuple[str, int, int]] = []
+        floor_graph = build_risk_graph(
+            config=config, evaluator=self.obs.evaluation,
+            node_wrapper=floor_node_wrapper(self._floor_sink))
+
+        class FloorWorkflow:
+            async def run(self, request: RiskRequest) -> RiskState:
+                return await run_risk_workflow(floor_graph, request, config=config)
+
+        self.floor = FloorWorkflow()
+        self.loop = asyncio.new_event_loop()
+        self._count = 0
+
+    def requests(self) -> list[Any]:
+        """The next round's requests (fresh ids; the same mix every round)."""
         batch = []
-        for _ in range(per_round):
-            counter[0] += 1
-            index = counter[0]
-            batch.append(RiskRequest(
+        for _ in range(self.per_round):
+            self._count += 1
+            index = self._count
+            batch.append(self._request_type(
                 request_id=f"bench-{index}", tenant_id=f"tenant-{index % 4}",
                 correlation_id=f"corr-{index}",
                 payload=_REVIEW if index % 3 == 0 else _PAYLOAD,
             ))
         return batch
 
-    def variant(workflow: InstrumentedRiskWorkflow | FloorWorkflow) -> Mapping[str, float]:
-        batch = requests()
+    def warm_up(self) -> dict[str, Any]:
+        """Build caches, start the executors, fill the trace ring (the start-up transient)."""
+        self.loop.run_until_complete(self.on.run(self.requests()[0]))
+        return _fill_trace_ring(self.obs, self.loop, self.on, self.requests)
+
+    def variant(self, workflow: Any) -> Mapping[str, float]:
+        """One round of ``workflow``: its requests and the flush after them, timed."""
+        batch = self.requests()
+        obs = self.obs
 
         async def go() -> int:
             started = time.perf_counter_ns()
@@ -134,28 +147,43 @@ def run(quick: bool) -> BenchResult:
             assert flushed, "flush did not complete"
             return elapsed
 
+        per_round = self.per_round
         cpu_before = thread_cpu_ns()
         process_before = time.process_time_ns()
-        elapsed = loop.run_until_complete(go())
+        elapsed = self.loop.run_until_complete(go())
         process = time.process_time_ns() - process_before
         cpu = cpu_split(cpu_before, thread_cpu_ns(), per_round)
-        floor_sink.clear()  # (untimed)
+        self._floor_sink.clear()  # (untimed)
         return {"ns": elapsed / per_round, "process_cpu_ns": process / per_round, **cpu,
                 **_thread_groups(cpu)}
 
+    def close(self) -> None:
+        self.obs.close(10.0)
+        self.loop.close()
+
+
+def run(quick: bool) -> BenchResult:
+    """Alternate instrumented and bare workflow runs; report the overhead."""
+    quiet_logging()
+    # Short rounds, many of them: the executor-thread hops LangGraph makes for
+    # sync nodes make single rounds noisy, and the median of many paired
+    # (on, off) rounds is what stays put.
+    per_round = 10 if quick else 20
+    rounds = 5 if quick else 150
+    bench = _Rounds(per_round)
     try:
-        loop.run_until_complete(on.run(requests()[0]))  # build caches, start executors
-        fill = _fill_trace_ring(obs, loop, on, requests)
+        fill = bench.warm_up()
         runs = alternate(
-            [Variant("on", lambda: variant(on)), Variant("off", lambda: variant(off)),
-             Variant("floor", lambda: variant(floor))],
+            [Variant("on", lambda: bench.variant(bench.on)),
+             Variant("off", lambda: bench.variant(bench.off)),
+             Variant("floor", lambda: bench.variant(bench.floor))],
             rounds=rounds, warmup=1,
         )
-        in_situ = _in_situ_costs(obs, loop, config, requests, 10 if quick else 300)
-        health = obs.health()
+        in_situ = _in_situ_costs(
+            bench.obs, bench.loop, bench.config, bench.requests, 10 if quick else 300)
+        health = bench.obs.health()
     finally:
-        obs.close(10.0)
-        loop.close()
+        bench.close()
 
     on_stats, off_stats = runs.stats("on", "ns"), runs.stats("off", "ns")
     overhead = runs.paired(("on", "ns"), ("off", "ns"), lambda a, b: (a - b) / b)
