@@ -301,8 +301,16 @@ def run(quick: bool) -> BenchResult:
             added=fmt_float(added.median / 1000, 1),
             floor_cpu=fmt_float(floor_cpu.median / 1000, 1),
             floor_wall=fmt_float(floor_overhead.median * 100, 2),
-            budget=fmt_float(budget_ns / 1000, 1),
-            wrapper_share=f"{fmt_float(floor_cpu.median / budget_ns * 100, 0)} %",
+            floor_low=fmt_float(floor_interval[0] * 100, 2),
+            floor_high=fmt_float(floor_interval[1] * 100, 2),
+            fl_rounds=_FLOOR_LONG.rounds,
+            fl_rev=_FLOOR_LONG.rev,
+            fl_wall=f"{_FLOOR_LONG.wall_pct:.2f}",
+            fl_low=f"{_FLOOR_LONG.low_pct:.2f}",
+            fl_high=f"{_FLOOR_LONG.high_pct:.2f}",
+            fl_cpu=f"{_FLOOR_LONG.cpu_us:.1f}",
+            fl_budget=f"{_FLOOR_LONG.budget_us:.1f}",
+            fl_share=f"{_FLOOR_LONG.cpu_us / _FLOOR_LONG.budget_us * 100:.0f} %",
             caller_share=_share(runs, _CALLER, cpu_added.median),
             executor_share=_share(runs, _EXECUTORS, cpu_added.median),
             collector_share=_share(runs, _COLLECTORS, cpu_added.median),
@@ -512,6 +520,25 @@ _CALLGRIND = (207_400, 15_311_800, "24e40d6", "2026-11-23")
 #: bare run's misses per 1,000 instructions on that thread; the instructions of the
 #: ContextVar set and reset each span does, over the spans that do them; the collector
 #: threads' added instructions.
+class _FloorRun(NamedTuple):
+    rounds: int
+    rev: str
+    wall_pct: float
+    low_pct: float
+    high_pct: float
+    cpu_us: float
+    budget_us: float
+
+
+#: The floor against the bare graph at length (`benchmarks/tools/workflow_floor.py`):
+#: rounds per variant, revision, median added wall time (%) with its 95 % confidence
+#: interval, median added process CPU per request (µs), 1 % of the bare run's CPU (µs).
+_FLOOR_LONG = _FloorRun(
+    rounds=600, rev="959f7b1", wall_pct=0.74, low_pct=0.05, high_pct=1.07, cpu_us=18.5,
+    budget_us=32.6,
+)
+
+
 class _CacheSim(NamedTuple):
     rev: str
     main_ir: int
@@ -564,11 +591,15 @@ with their code and data warm, while the calling thread's {cs_main_ir}k take
 
 *The floor.* The floor variant wraps every node in the least a wrapper can do
 that measures it (two clock reads and one tuple per node; no span, no context
-variable, no queue, no collector): it adds {floor_cpu} µs of process CPU per
-request ({floor_wall} % wall at the median), against a 1 % budget of {budget}
-µs (1 % of the bare run's process CPU per request): {wrapper_share} of the
-budget goes to measuring the nodes at all, before any span, context,
-generation, metric or collector work.
+variable, no queue, no collector). In this run it added {floor_cpu} µs of
+process CPU per request and {floor_wall} % wall at the median (95 % confidence
+interval {floor_low} % to {floor_high} %): 150 rounds do not resolve a cost this
+small. A longer run (`python -m benchmarks.tools.workflow_floor {fl_rounds}`, rev
+{fl_rev}) measured {fl_wall} % wall (95 % confidence interval {fl_low} % to
+{fl_high} %) and {fl_cpu} µs of process CPU per request, against a 1 % budget
+of {fl_budget} µs: timing the nodes with a Python wrapper at all takes about
+{fl_share} of the budget, before any span, context, generation, metric or
+collector work.
 
 *What the required work costs.* Every node span is made current in the node's
 own context, as the tracing design requires: in LangGraph's contexts the

@@ -140,3 +140,21 @@ def test_the_floor_node_wrapper_keeps_the_node_kind_and_records_each_call() -> N
     assert asyncio.run(wrapped_async(3)) == 6
     assert [name for name, _, _ in sink] == ["s", "a"]
     assert all(start <= end for _, start, end in sink)
+
+
+@pytest.mark.timeout(180)
+def test_the_floor_tool_reports_the_floor_against_the_budget() -> None:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
+    )
+    completed = subprocess.run(
+        [sys.executable, "-m", "benchmarks.tools.workflow_floor", "2"],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=170, check=False,
+    )
+
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0] == "2 rounds of 20 requests per variant"
+    assert lines[1].startswith("floor - off: ") and "95 % confidence interval" in lines[1]
+    assert lines[2].startswith("added process CPU: ") and "1 % budget: " in lines[2]
