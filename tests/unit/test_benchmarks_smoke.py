@@ -20,19 +20,23 @@ from collectors import hotpath
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-@pytest.mark.timeout(180)
-def test_quick_run_writes_report_with_table_and_machine_section(tmp_path: Path) -> None:
-    out = tmp_path / "PERF.md"
+def _run_module(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m <args>`` from the repository root, with the repository importable."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
     )
-
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--quick", "--only", "exposition",
-         "--out", str(out)],
+    return subprocess.run(
+        [sys.executable, "-m", *args],
         cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=170, check=False,
     )
+
+
+@pytest.mark.timeout(180)
+def test_quick_run_writes_report_with_table_and_machine_section(tmp_path: Path) -> None:
+    out = tmp_path / "PERF.md"
+
+    completed = _run_module("benchmarks", "--quick", "--only", "exposition", "--out", str(out))
 
     assert completed.returncode == 0, completed.stdout + completed.stderr
     report = out.read_text(encoding="utf-8")
@@ -49,14 +53,7 @@ def test_quick_run_writes_report_with_table_and_machine_section(tmp_path: Path) 
 
 @pytest.mark.timeout(180)
 def test_opcode_profile_attributes_the_added_work_to_the_instrumentation() -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-    )
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.tools.workflow_opcodes", "3", "--json"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=170, check=False,
-    )
+    completed = _run_module("benchmarks.tools.workflow_opcodes", "3", "--json")
     assert completed.returncode == 0, completed.stderr
     profile = json.loads(completed.stdout)
     assert profile["instrumented"] > profile["bare"] > 10_000
@@ -144,14 +141,7 @@ def test_the_floor_node_wrapper_keeps_the_node_kind_and_records_each_call() -> N
 
 @pytest.mark.timeout(180)
 def test_the_floor_tool_reports_the_floor_against_the_budget() -> None:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p
-    )
-    completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.tools.workflow_floor", "2"],
-        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=170, check=False,
-    )
+    completed = _run_module("benchmarks.tools.workflow_floor", "2")
 
     assert completed.returncode == 0, completed.stdout + completed.stderr
     lines = completed.stdout.splitlines()
