@@ -7,9 +7,9 @@ STAMP := $(VENV)/.installed-dev
 BENCH_STAMP := $(VENV)/.installed-bench
 ARGS ?=
 
-.PHONY: demo test bench lint typecheck tools clean
+.PHONY: demo test bench lint typecheck tools phoenix clean
 
-$(STAMP): pyproject.toml collectors/_speedups.c
+$(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
@@ -19,24 +19,45 @@ $(BENCH_STAMP): $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	touch $(BENCH_STAMP)
 
-# promtool (Debian's prometheus package) is needed by the exposition and alert-rule tests.
+# Debian packages the integration tests run: prometheus (promtool and the server),
+# prometheus-pushgateway and postgresql (the ledger's tests start their own server
+# with initdb/pg_ctl in a temporary folder). Installed only when missing.
 tools:
-	@command -v promtool >/dev/null 2>&1 || { \
-	  echo "installing Debian's prometheus package (promtool)"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null; }
+	@missing=""; \
+	{ command -v promtool && command -v prometheus; } >/dev/null 2>&1 || missing="prometheus"; \
+	command -v prometheus-pushgateway >/dev/null 2>&1 || missing="$$missing prometheus-pushgateway"; \
+	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+# Arize Phoenix, the OTLP backend of tests/integration/test_phoenix.py, in its own
+# virtual environment (its dependencies stay out of .venv). About a minute to install.
+PHOENIX_VENV := .venv-phoenix
+PHOENIX_VERSION := 20.26.1
+PHOENIX_STAMP := $(PHOENIX_VENV)/.installed-$(PHOENIX_VERSION)
+
+$(PHOENIX_STAMP):
+	rm -rf $(PHOENIX_VENV)
+	$(PYTHON) -m venv $(PHOENIX_VENV)
+	$(PHOENIX_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(PHOENIX_VENV)/bin/python -m pip install --quiet 'arize-phoenix==$(PHOENIX_VERSION)'
+	touch $(PHOENIX_STAMP)
+
+phoenix: $(PHOENIX_STAMP)
 
 ## The main job: a batch of synthetic multi-tenant risk requests, then a report.
 demo: $(STAMP)
 	$(PY) -m app $(ARGS)
 
-## The whole test suite (unit, stress, integration), run once with the compiled
-## hot path (collectors/_speedups.c) and once with its pure-Python twin.
-test: $(STAMP) tools
+## The whole test suite (unit, stress, integration), once. The bench extra is
+## installed too: the benchmark smoke tests run each benchmark against its anchors.
+test: $(BENCH_STAMP) tools phoenix
 	$(PY) -m pytest
-	RISK_ENGINE_PURE_PYTHON=1 $(PY) -m pytest -q
 
 ## Benchmarks against the anchors; rewrites docs/PERFORMANCE.md.
-bench: $(BENCH_STAMP)
+bench: $(BENCH_STAMP) tools
 	$(PY) -m benchmarks
 
 lint: $(STAMP)
@@ -46,4 +67,4 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(PHOENIX_VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

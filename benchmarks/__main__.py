@@ -42,6 +42,18 @@ from benchmarks._harness import (
 
 _DEFAULT_OUT = REPO_ROOT / "docs" / "PERFORMANCE.md"
 _DEFAULT_ORDER = 100
+
+#: The benchmarks a full run (``make bench``) must contain, by ``NAME``. Each is a
+#: ``benchmarks/bench_<name>.py`` module found by :func:`discover`; one missing from
+#: a full run is reported as failed instead of being left out of the report silently.
+#:
+#: --- LEDGER: wired in here. ``benchmarks/bench_ledger.py`` (records/s committed by
+#: the SQLite and PostgreSQL ledgers, and the ledger's effect on the workflow's added
+#: time per request) is discovered like every module; on a machine without PostgreSQL
+#: it reports SQLite only and says so, it never fails the run.
+FULL_RUN: tuple[str, ...] = (
+    "node", "llm_node", "throughput", "workflow", "exposition", "memory", "ledger",
+)
 #: Prefix of the line on which a worker process sends its result.
 _RESULT_MARK = "@@benchmark-result@@ "
 
@@ -188,6 +200,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         selected = [b for b in benches if b.name in wanted]
     failures: dict[str, str] = {} if args.only else dict(broken)
+    if not args.only:
+        found = {b.name for b in benches} | {n.removeprefix("bench_") for n in broken}
+        for name in FULL_RUN:
+            if name not in found:
+                failures[name] = f"benchmarks/bench_{name}.py is missing"
     machine = machine_info()
     command = " ".join(["python -m benchmarks", shlex.join(arguments)]).strip()
     started = time.perf_counter()

@@ -102,7 +102,7 @@ def prom_node_metrics() -> PromNodeMetrics:
                          ["tenant_id"], registry=registry),
         node_latency=Histogram(
             "risk_engine_node_execution_latency_seconds",
-            "Latency of one workflow node execution.", ["node"],
+            "Latency of one workflow node execution.", ["node", "tenant_id", "status"],
             buckets=DEFAULT_LATENCY_BUCKETS, registry=registry,
         ),
         model_usage=Counter("risk_engine_model_usage", "LLM calls, by model version.",

@@ -64,8 +64,8 @@ def run(quick: bool) -> BenchResult:
 
     from app.observability import Observability, ObservabilitySettings, exposition
 
-    renders = 2 if quick else 5
-    rounds = 3 if quick else 9
+    renders = 1 if quick else 5
+    rounds = 2 if quick else 9
     created = prom_metrics._use_created
     prom_metrics.disable_created_metrics()  # type: ignore[no-untyped-call]
     obs = Observability(ObservabilitySettings(drain_at_exit=False))
@@ -159,13 +159,14 @@ def _populate(obs: Any) -> tuple[Any, int]:
                         status=status)
                 child.observe(seconds)
             series += 2
-    node_latency = prom_histogram("node_execution_latency", ("node", "tenant_id"))
+    node_latency = prom_histogram("node_execution_latency", ("node", "tenant_id", "status"))
     for node in NODES:
         for t in range(25):
             tenant = f"tenant-{t:04d}"
-            child = node_latency.labels(node=node, tenant_id=tenant)
+            child = node_latency.labels(node=node, tenant_id=tenant, status="ok")
             for value in OBSERVATIONS:
-                observe("node_execution_latency", value, node=node, tenant_id=tenant)
+                observe("node_execution_latency", value, node=node, tenant_id=tenant,
+                        status="ok")
                 child.observe(value)
             series += 1
     obs.flush()

@@ -8,13 +8,14 @@ their rates do) with default settings, and reports its RSS (``VmRSS`` from
 
 * **requests**: 1,000,000 workflow-like requests, each a batched root span
   (``batch=True``, unique ``request_id``, 50 tenants) around three node spans,
-  a request counter, one generation (``log_generation_sync``: cost, four usage
-  counters, generation span), a workflow counter and a request latency.
+  a request counter, one generation (``log_generation_sync``: cost, usage
+  counters and GenAI histograms, generation span), a workflow counter and a
+  request latency, recorded through bound handles as the workflow does.
   Memory must stay flat: the trace buffer is a
   bounded ring (10,000 spans), histogram buckets are fixed, per-request costs
   are kept for the most recent 93,751 to 100,000 requests (16 generations,
   the oldest dropped whole).
-* **label flood**: 1,000,000 ``increment("request_count", tenant_id=...)``
+* **label flood**: 1,000,000 ``obs.metrics.increment("request_count", tenant_id=...)``
   with a distinct tenant id each time. The cardinality cap (2,000 series per
   metric) must hold: series count capped, the rest folded into one overflow
   series and counted, RSS bounded.
@@ -58,7 +59,7 @@ WORKFLOW = "risk_assessment"
 
 def run(quick: bool) -> BenchResult:
     """Run both variants in fresh subprocesses and check the RSS series."""
-    total = 50_000 if quick else 1_000_000
+    total = 5_000 if quick else 1_000_000
     every = total // 10
     children = {mode: _spawn(mode, total, every) for mode in ("requests", "flood")}
     samples = {mode: _collect(mode, child) for mode, child in children.items()}
@@ -110,8 +111,10 @@ def _child(mode: str, total: int, every: int) -> None:
 
 def _request_step(obs: Any) -> Any:
     span = obs.tracing.span
-    increment = obs.metrics.increment
-    observe = obs.metrics.observe_latency
+    metrics = obs.metrics
+    requests = metrics.counter("request_count")
+    executions = metrics.counter("workflow_execution_count")
+    request_latency = metrics.histogram("request_latency")
     log_generation = obs.langfuse.log_generation_sync
     clock = time.perf_counter_ns
 
@@ -120,7 +123,7 @@ def _request_step(obs: Any) -> Any:
         started = clock()
         with span("risk_workflow", kind="workflow", batch=True, tenant_id=tenant,
                   request_id=f"req-{i}"):
-            increment("request_count", tenant_id=tenant)
+            requests.labels(tenant_id=tenant).inc()
             for node in NODES:
                 with span(node, kind="node"):
                     if node == "risk_scoring":
@@ -129,10 +132,9 @@ def _request_step(obs: Any) -> Any:
                             prompt_version="risk_scoring/v3", input_tokens=400 + i % 64,
                             output_tokens=120, latency=0.012,
                         )
-            increment("workflow_execution_count", workflow=WORKFLOW, tenant_id=tenant,
-                      status="ok")
-        observe("request_latency", (clock() - started) / 1e9, tenant_id=tenant,
-                workflow=WORKFLOW, status="ok")
+            executions.labels(workflow=WORKFLOW, tenant_id=tenant, status="ok").inc()
+        request_latency.labels(tenant_id=tenant, workflow=WORKFLOW, status="ok").observe(
+            (clock() - started) / 1e9)
 
     return request
 
@@ -295,23 +297,13 @@ def _analysis(rss_growth_kib: int, block_growth: float) -> str:
             f" blocks {block_growth:+.1%}: objects are being kept alive. Compare"
             " `tracemalloc` snapshots at 200k and 1M requests to find the growing store."
         )
-    return f"""\
-**Why the target is missed.** RSS grew {_mib(rss_growth_kib)} MiB while the interpreter's live
-blocks stayed flat ({block_growth:+.1%}) and the GC object count did not move: nothing is kept
-alive; the growth is memory the C allocator keeps. Known sources, and what was done:
-
-* The per-request cost map (`collectors/cost.py`) used to be one `OrderedDict` of the last
-  100,000 requests, one insert and one `popitem(last=False)` per request: its multi-MiB table
-  was rebuilt every ~75,000 inserts, glibc served the rebuilt tables from the cost thread's
-  heap once its dynamic mmap threshold had risen, and the freed ones left holes (11-14 MiB of
-  growth from 200k to 1M). It is now 16 generations of plain dicts (~200 KiB tables at the
-  default), the oldest dropped whole: that heap stays flat (~3.8 MiB).
-* What remained after that (1.5-3.5 MiB in runs during this work) was not the cost map but
-  a slow settling that is over by ~500k requests, flat after: about one more pymalloc arena
-  (1 MiB each) and ~0.4 MiB in another collector thread's glibc heap.
-
-Compare `tracemalloc` snapshots, `sys._debugmallocstats()` (arenas) and glibc's
-`malloc_info` (per-thread heaps) at 200k and 1M to find what moved."""
+    return (
+        f"**Why the target is missed.** RSS grew {_mib(rss_growth_kib)} MiB while the"
+        f" interpreter's live blocks stayed flat ({block_growth:+.1%}): nothing is kept alive;"
+        " the growth is memory the allocators keep (pymalloc arenas, the collector threads'"
+        " glibc heaps). Compare `sys._debugmallocstats()` (arenas) and glibc's `malloc_info`"
+        " (per-thread heaps) at 200k and 1M requests to find what moved."
+    )
 
 
 def _main(argv: list[str]) -> None:

@@ -72,7 +72,7 @@ class QuantileSketch:
             return 0.0  # only zeros are counted there (values are non-negative)
         seen = self._zero
         gamma = self._gamma
-        bins = self._bins  # read once: the compiled HistogramCell builds it per read
+        bins = self._bins
         for index in sorted(bins):
             seen += bins[index]
             if seen > rank:

@@ -28,12 +28,10 @@ from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass
 from datetime import datetime
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Generic, Literal, NamedTuple, TypeVar
-
-import structlog
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
 
 from collectors._queue import RecordQueue
-from collectors.hotpath import speedups
+from collectors.logs import get_logger
 from collectors.records import Batch, ns_to_datetime
 
 __all__ = (
@@ -43,7 +41,7 @@ __all__ = (
     "OverflowPolicy",
 )
 
-_logger = structlog.get_logger(__name__)
+_logger = get_logger(__name__)
 
 OverflowPolicy = Literal["drop_newest", "block"]
 StoreT = TypeVar("StoreT")
@@ -133,16 +131,7 @@ def _record_count(item: object) -> int:
     return 1
 
 
-if TYPE_CHECKING or speedups is None:
-    class _CollectorBase:
-        """Pure Python: :meth:`Collector.send` is defined on the class itself."""
-
-        __slots__ = ()
-else:  # the compiled send() (collectors/_speedups.c), same behaviour
-    _CollectorBase = speedups.CollectorBase
-
-
-class Collector(_CollectorBase, ABC, Generic[StoreT]):
+class Collector(ABC, Generic[StoreT]):
     """Base actor: a bounded janus queue drained in batches by one thread.
 
     Subclasses implement :meth:`_new_store` and :meth:`_apply`; both run on
@@ -225,21 +214,27 @@ class Collector(_CollectorBase, ABC, Generic[StoreT]):
         self._state = CollectorState.RUNNING
         self._thread.start()
 
-    if TYPE_CHECKING or speedups is None:
-        def send(self, record: object, n: int = 1) -> bool:
-            """Enqueue one record (or a :class:`Batch` of ``n``); never raises.
+    def send(self, record: object, n: int = 1) -> bool:
+        """Enqueue one record (or a :class:`Batch` of ``n``); never raises.
 
-            Under ``drop_newest`` this never blocks; under ``block`` it waits up
-            to ``block_timeout`` for room. A record that cannot be enqueued is
-            dropped and counted. (Compiled in ``collectors/_speedups.c`` when the
-            extension is built: the same steps, see :mod:`collectors.hotpath`.)
+        Under ``drop_newest`` this never blocks; under ``block`` it waits up
+        to ``block_timeout`` for room. A record that cannot be enqueued is
+        dropped and counted.
 
-            Returns:
-                Whether the record was enqueued.
-            """
-            if self.accepting and self._queue.offer(record):
-                return True
-            return self._send_slow(record, n)
+        Returns:
+            Whether the record was enqueued.
+        """
+        if self.accepting and self._queue.offer(record):
+            return True
+        return self._send_slow(record, n)
+
+    def owns_current_thread(self) -> bool:
+        """Whether the calling thread is this collector's thread (or one of its helpers).
+
+        Waiting for this collector from such a thread could never end: a flush
+        refuses to, at once.
+        """
+        return threading.get_ident() == self._thread_ident
 
     def _send_slow(self, record: object, n: int) -> bool:
         if not self.accepting:
@@ -454,26 +449,20 @@ class Collector(_CollectorBase, ABC, Generic[StoreT]):
     def _apply(self, record: Any) -> None:
         """Apply one record to the store. Runs on the collector thread only."""
 
-    def _apply_all(self, records: tuple[Any, ...]) -> bool:
-        """Apply a batch's records at once if they are all well formed. Collector thread only.
-
-        An optional fast path: it must either apply every record and return
-        ``True``, or change nothing and return ``False``, and the loop then
-        applies them one by one (counting any that fail). The default
-        always declines.
-        """
-        return False
-
-    def _record_applier(self) -> Callable[[Any], None]:
-        """What the thread calls per record (collector thread): :meth:`_apply` by default.
-
-        A subclass may return a faster callable with the same effect that
-        falls back to :meth:`_apply` for anything it does not handle.
-        """
-        return self._apply
-
     def _on_idle(self) -> None:
         """Called after each drained batch (collector thread); override to publish."""
+
+    def _commit(self) -> bool:
+        """Make everything applied so far durable (collector thread).
+
+        Called after each drained batch and before a flush marker resolves,
+        so a flush that returns complete covers what a ledger committed. The
+        default has nothing to commit.
+
+        Returns:
+            ``True`` if everything applied so far is committed.
+        """
+        return True
 
     def _check_owner(self) -> None:
         """Debug check: raise if called off the collector thread."""
@@ -491,13 +480,11 @@ class Collector(_CollectorBase, ABC, Generic[StoreT]):
         queue = self._queue
         queue.consumer_running = True
         batch_size = self._batch_size
-        apply = self._record_applier()
-        apply_all = self._apply_all
+        apply = self._apply
         linger: float | None = None  # idle: sleep until something arrives
         items: list[Any] = []  # the drained items being handled
         index = 0  # position in ``items`` of the item being handled
         done = 0  # records of that item already handled (a Batch carries several)
-        applied = 0  # applied since ``self._applied`` was last updated
         try:
             while True:
                 items = queue.drain(batch_size, linger)
@@ -509,45 +496,35 @@ class Collector(_CollectorBase, ABC, Generic[StoreT]):
                 for index, item in enumerate(items):
                     done = 0
                     kind = type(item)
-                    if kind is tuple or kind not in _SPECIAL:  # a record (plain tuple first)
+                    if kind not in _SPECIAL:  # one record
                         try:
                             apply(item)
-                            applied += 1
+                            self._applied += 1
                         except Exception as exc:
                             self._handler_failed(item, exc)
                     elif kind is Batch:
-                        records = item.records
-                        if apply_all(records):  # all applied at once, or none of them
-                            applied += len(records)
-                            continue
-                        for record in records:
+                        for record in item.records:
                             try:
                                 apply(record)
-                                applied += 1
+                                self._applied += 1
                             except Exception as exc:
                                 self._handler_failed(record, exc)
                             done += 1
                     elif kind is _Flush:
-                        self._applied += applied
-                        applied = 0
                         self._last_flush_ns = time.time_ns()
-                        _resolve(item.future, True)
+                        _resolve(item.future, self._commit())
                     elif kind is _Query:
-                        self._applied += applied
-                        applied = 0
                         _run_query(item)
                     else:  # _Stop
                         stop_at = index
                         break
-                self._applied += applied
-                applied = 0
                 handled, items = items, []
                 if stop_at >= 0:
                     self._finish_after_stop(handled[stop_at + 1 :])
                     return
+                self._commit()
                 self._on_idle()
         except BaseException as exc:
-            self._applied += applied
             self._state = CollectorState.DEAD
             self.accepting = False
             self._last_error = f"{type(exc).__name__}: {exc}"
@@ -590,11 +567,12 @@ class Collector(_CollectorBase, ABC, Generic[StoreT]):
         for item in rest:
             kind = type(item)
             if kind is _Flush:
-                _resolve(item.future, True)
+                _resolve(item.future, self._commit())
             elif kind is _Query:
                 _run_query(item)
             elif kind is not _Stop:
                 self._drops.add("closed", _record_count(item))
+        self._commit()
         self._on_idle()
         if self._state is not CollectorState.DEAD:
             self._state = CollectorState.STOPPED

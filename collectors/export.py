@@ -41,15 +41,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NamedTuple, Protocol
 
-import structlog
-
 from collectors._queue import RecordQueue
 from collectors.base import CollectorState
+from collectors.logs import get_logger
 from collectors.records import SpanRecord
 
 __all__ = ("CallableExporter", "ExportStats", "ExportWorker", "SpanExporter")
 
-_logger = structlog.get_logger(__name__)
+_logger = get_logger(__name__)
 
 #: Seconds between two "spans dropped" warnings of one worker.
 _DROP_WARNING_INTERVAL = 10.0
@@ -245,6 +244,11 @@ class ExportWorker:
         return self._state
 
     # --- any thread -------------------------------------------------------
+
+    def owns_current_thread(self) -> bool:
+        """Whether the calling thread is this worker's thread."""
+        thread = self._thread
+        return thread is not None and thread.ident == threading.get_ident()
 
     def start(self) -> None:
         """Start the worker thread (idempotent while running)."""

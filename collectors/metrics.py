@@ -15,13 +15,14 @@ convention) and are counted.
 
 from __future__ import annotations
 
+import math
+import sys
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping
+from typing import Any
 
 from collectors._sketch import QuantileSketch
 from collectors.base import Collector
-from collectors.hotpath import speedups
 from collectors.records import Labels, MetricRecord
 from collectors.snapshots import HistogramSeries, MetricFamily, MetricSpec, ValueSeries
 
@@ -30,85 +31,61 @@ __all__ = ("OVERFLOW_LABELS", "MetricsStore", "MetricsStoreCollector")
 #: The label set every folded series gets.
 OVERFLOW_LABELS: Labels = (("otel_metric_overflow", "true"),)
 
-_INF = float("inf")
+_INF = math.inf
+_FLOAT_MAX = sys.float_info.max
 
 
-def _histogram_snapshot(self: Any, labels: Labels) -> HistogramSeries:
-    """A histogram series' immutable snapshot (both implementations)."""
-    cumulative: list[tuple[float, int]] = []
-    running = 0
-    for bound, n in zip((*self.bounds, _INF), self.counts, strict=True):
-        running += n
-        cumulative.append((bound, running))
-    return HistogramSeries(
-        labels=labels,
-        count=self._count,
-        sum=self.sum,
-        buckets=tuple(cumulative),
-        p50=self.quantile(0.50),
-        p95=self.quantile(0.95),
-        p99=self.quantile(0.99),
-    )
+class _Counter:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value: int | float = 0
+
+    def add(self, amount: int | float) -> None:
+        self.value += amount
 
 
-if TYPE_CHECKING or speedups is None:
-    class _Counter:
-        __slots__ = ("value",)
+class _Histogram(QuantileSketch):
+    """Prometheus-style buckets, count and sum, and (inherited) the quantile sketch."""
 
-        def __init__(self) -> None:
-            self.value: int | float = 0
+    __slots__ = ("bounds", "counts", "sum")
 
-        def add(self, amount: int | float) -> None:
-            self.value += amount
+    def __init__(self, bounds: tuple[float, ...], relative_accuracy: float) -> None:
+        super().__init__(relative_accuracy)
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
 
-    class _Histogram(QuantileSketch):
-        """Prometheus-style buckets, count and sum, and (inherited) the quantile sketch.
+    def add(self, value: int | float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.sum += value
+        QuantileSketch.add(self, value)
 
-        The pure-Python series (without the compiled hot path, whose
-        ``HistogramCell`` keeps the same fields).
-        """
-
-        __slots__ = ("bounds", "counts", "sum")
-
-        def __init__(self, bounds: tuple[float, ...], relative_accuracy: float) -> None:
-            super().__init__(relative_accuracy)
-            self.bounds = bounds
-            self.counts = [0] * (len(bounds) + 1)
-            self.sum = 0.0
-
-        def add(self, value: float) -> None:
-            self.counts[bisect_left(self.bounds, value)] += 1
-            self.sum += value
-            QuantileSketch.add(self, value)
-
-        snapshot = _histogram_snapshot
-
-else:  # compiled series (collectors/_speedups.c): the same fields, updated in C
-    class _Counter(speedups.CounterCell):
-        __slots__ = ()
-
-    class _Histogram(speedups.HistogramCell):
-        """Prometheus-style buckets, count and sum, and the quantile sketch, in C."""
-
-        __slots__ = ()
-        quantile = QuantileSketch.quantile  # reads the same fields the sketch keeps
-        snapshot = _histogram_snapshot
+    def snapshot(self, labels: Labels) -> HistogramSeries:
+        cumulative: list[tuple[float, int]] = []
+        running = 0
+        for bound, n in zip((*self.bounds, _INF), self.counts, strict=True):
+            running += n
+            cumulative.append((bound, running))
+        return HistogramSeries(
+            labels=labels,
+            count=self._count,
+            sum=self.sum,
+            buckets=tuple(cumulative),
+            p50=self.quantile(0.50),
+            p95=self.quantile(0.95),
+            p99=self.quantile(0.99),
+        )
 
 
 class MetricsStore:
     """Series by metric. Owned and mutated by one :class:`MetricsStoreCollector` thread."""
 
-    __slots__ = ("by_key", "overflowed", "series")
+    __slots__ = ("overflowed", "series")
 
     def __init__(self) -> None:
-        #: metric -> canonical (sorted) labels -> series
+        #: metric -> labels (in the family's declared order) -> series
         self.series: dict[str, dict[Labels, _Counter | _Histogram]] = {}
-        #: (metric, labels as sent) -> series; a cache that skips canonicalising.
-        #: Append-only while the store lives: the compiled applier caches its
-        #: entries by the identity of the metric and labels objects (see
-        #: ``MetricsApplier`` in collectors/_speedups.c); code that ever removes
-        #: or replaces an entry must call the applier's ``clear_cache()``.
-        self.by_key: dict[tuple[str, Labels], _Counter | _Histogram] = {}
         #: metric -> records folded into its overflow series
         self.overflowed: dict[str, int] = {}
 
@@ -141,73 +118,46 @@ class MetricsStoreCollector(Collector[MetricsStore]):
     # --- runs on the collector thread only (or before it starts) ---------
 
     def _new_store(self) -> MetricsStore:
-        # A new store (the constructor, or after fork) retires the compiled
-        # applier of the old one, and its identity cache with it: the next
-        # collector thread builds a new one (_record_applier, from Collector._run).
-        self._apply_batch: Callable[[tuple[Any, ...]], bool] | None = None
         return MetricsStore()
 
-    def _apply(self, record: MetricRecord | tuple[str, Labels, int | float]) -> None:
+    def _apply(self, record: MetricRecord) -> None:
         """Add or observe one value. Runs on the collector thread only.
 
-        ``record`` is a :class:`MetricRecord` or a plain ``(metric, labels,
-        value)`` tuple (what the library's producers send; see
-        :mod:`collectors.records`).
+        The facade has checked the record; one sent here directly is checked
+        again where a bad one could corrupt the store (an unknown metric, a
+        label set that is not the declared one, a value that is not a finite
+        number >= 0): it raises, and the loop counts it as a handler error.
         """
-        metric, labels, value = record
-        store = self._store
-        series = store.by_key.get((metric, labels))
+        metric, labels, value = record.metric, record.labels, record.value
+        if not 0 <= value <= _FLOAT_MAX:  # NaN, inf and ints past the float range fail here
+            raise ValueError(f"{metric}: value must be finite and >= 0, got {value!r}")
+        family = self._store.series.get(metric)
+        series = family.get(labels) if family is not None else None
         if series is None:
-            series = self._resolve(store, metric, labels)
-        if type(series) is _Counter:  # inlined: this runs for every record
-            series.value += value
-        else:
-            series.add(value)
+            series = self._new_series(metric, labels)
+        series.add(value)
 
-    def _record_applier(self) -> Callable[[Any], None]:
-        if speedups is None:
-            return self._apply
-        # Compiled: a record whose series is cached is applied in C; any other
-        # (a new label set, a malformed record) goes to _apply. Built for the
-        # store of the moment, on the collector thread as it starts.
-        applier = speedups.MetricsApplier(self._store.by_key, self._apply)
-        self._apply_batch = applier.apply_all
-        apply: Callable[[Any], None] = applier
-        return apply
-
-    def _apply_all(self, records: tuple[Any, ...]) -> bool:
-        """A whole batch at once in C, or nothing (see :meth:`Collector._apply_all`).
-
-        ``MetricsApplier.apply_all`` checks every record first: it declines
-        (returns ``False``, nothing applied) if any needs the Python
-        :meth:`_apply` (a new label set, a malformed record, an unusual value),
-        and the loop then applies them one by one. Pure Python always declines.
-        """
-        apply_batch = self._apply_batch
-        return apply_batch is not None and apply_batch(records)
-
-    def _resolve(self, store: MetricsStore, metric: str, labels: Labels) -> _Counter | _Histogram:
+    def _new_series(self, metric: str, labels: Labels) -> _Counter | _Histogram:
+        """The series for a label set not seen yet (or the overflow series past the cap)."""
         spec = self._catalog[metric]
-        canonical = tuple(sorted(labels))
-        family = store.series.get(metric)
-        if family is None:
-            family = store.series[metric] = {}
-        series = family.get(canonical)
-        if series is None:
-            if len(family) >= self._max_series + (OVERFLOW_LABELS in family):
-                store.overflowed[metric] = store.overflowed.get(metric, 0) + 1
-                series = family.get(OVERFLOW_LABELS)
-                if series is None:
-                    series = family[OVERFLOW_LABELS] = self._new_series(spec)
-                return series  # not cached: one entry per new label set would grow
-            series = family[canonical] = self._new_series(spec)
-        store.by_key[(metric, labels)] = series
+        if tuple(name for name, _ in labels) != spec.label_names or not all(
+            type(value) is str for _, value in labels
+        ):
+            raise ValueError(f"{metric}: labels {labels!r} are not {spec.label_names}")
+        store = self._store
+        family = store.series.setdefault(metric, {})
+        if len(family) >= self._max_series + (OVERFLOW_LABELS in family):
+            store.overflowed[metric] = store.overflowed.get(metric, 0) + 1
+            labels = OVERFLOW_LABELS
+            series = family.get(labels)
+            if series is not None:
+                return series
+        series = (
+            _Histogram(spec.buckets, self._relative_accuracy) if spec.type == "histogram"
+            else _Counter()
+        )
+        family[labels] = series
         return series
-
-    def _new_series(self, spec: MetricSpec) -> _Counter | _Histogram:
-        if spec.type == "histogram":
-            return _Histogram(spec.buckets, self._relative_accuracy)
-        return _Counter()
 
     def _snapshot(self, store: MetricsStore) -> tuple[tuple[MetricFamily, ...], dict[str, int]]:
         families: list[MetricFamily] = []

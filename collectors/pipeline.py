@@ -13,10 +13,19 @@ A :class:`Pipeline` starts, flushes and closes its collectors together:
 * A process that exits with a running pipeline closes it from ``atexit``
   (bounded by the configured timeout). After ``os.fork()`` the child gets
   fresh queues and threads; records in flight at the fork count as lost.
+* A running pipeline that is garbage-collected without ``close()`` warns
+  with ``ResourceWarning``, like an unclosed file, and is closed on a
+  short-lived thread of its own (``observability-close``), so its collector
+  threads drain and stop.
+* ``flush``, ``aflush`` and ``close`` called on one of the pipeline's own
+  threads (a collector, or a span exporter: from inside an exporter or a log
+  processor) raise ``RuntimeError`` at once: they would wait for the very
+  thread that is waiting.
 
-The pipeline holds no global state. The ``atexit`` hook holds the pipeline
-until ``close()`` unregisters it (a running pipeline is a live resource); the
-fork hook, which cannot be unregistered, holds it weakly.
+The pipeline holds no global state, and nothing but its owner holds it
+strongly: the ``atexit`` and fork hooks hold it weakly, and the collector
+threads hold the collectors, never the pipeline, so dropping the last
+reference to a pipeline makes it collectable.
 """
 
 from __future__ import annotations
@@ -26,8 +35,10 @@ import atexit
 import contextlib
 import enum
 import os
+import sys
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from concurrent.futures import Future
@@ -36,13 +47,12 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-import structlog
-
 from collectors.base import Collector, CollectorState, CollectorStats
+from collectors.logs import get_logger
 
 __all__ = ("FlushResult", "Pipeline", "PipelineHealth", "PipelineState")
 
-_logger = structlog.get_logger(__name__)
+_logger = get_logger(__name__)
 
 
 class PipelineState(enum.Enum):
@@ -87,12 +97,18 @@ class PipelineHealth:
     over_budget: tuple[str, ...] = ()
     #: Span exporters' counters (filled by the container).
     exporters: tuple[Any, ...] = ()
+    #: Each ledger connection's state, lag and errors (filled by the container).
+    ledgers: tuple[Any, ...] = ()
+    #: Why the last metrics exposition failed; ``None`` once one succeeds (the container).
+    exposition_error: str | None = None
 
     @property
     def healthy(self) -> bool:
-        """Running, with every collector thread alive."""
-        return self.state is PipelineState.RUNNING and all(
-            s.alive for s in self.collectors.values()
+        """Running, every collector thread alive, and the last exposition rendered."""
+        return (
+            self.state is PipelineState.RUNNING
+            and all(s.alive for s in self.collectors.values())
+            and self.exposition_error is None
         )
 
     @property
@@ -129,11 +145,18 @@ class Pipeline:
         self._pid = os.getpid()
         self._atexit_hook: Any = None
         if drain_at_exit:
-            # A strong reference on purpose: a running pipeline is a live
-            # resource (its threads hold records) until close() unregisters it.
-            self._atexit_hook = self._close_at_exit
+            # Weak, so that an unclosed pipeline can still be collected (and
+            # warn); the finalizer below unregisters it then.
+            self._atexit_hook = _weak_hook(self, "_close_at_exit")
             atexit.register(self._atexit_hook)
         os.register_at_fork(after_in_child=_weak_hook(self, "_after_fork_in_child"))
+        # Holds the collectors, never the pipeline; detached by close().
+        self._finalizer = weakref.finalize(
+            self, _close_unclosed,
+            tuple(tuple(self._collectors[name] for name in stage) for stage in self._stages),
+            close_timeout, self._atexit_hook,
+        )
+        self._finalizer.atexit = False  # at exit, the atexit hook (if any) decides
 
     @property
     def state(self) -> PipelineState:
@@ -170,8 +193,12 @@ class Pipeline:
 
         Returns:
             A :class:`FlushResult`; truthy only if complete.
+
+        Raises:
+            RuntimeError: Called on one of the pipeline's own threads.
         """
         deadline = time.monotonic() + _check_timeout(timeout)
+        self.refuse_own_thread("flush")
         started = time.perf_counter()
         if self._state is not PipelineState.RUNNING:
             return self._result(started, complete=self._state is PipelineState.CLOSED)
@@ -186,8 +213,13 @@ class Pipeline:
         return self._result(started, complete=True)
 
     async def aflush(self, timeout: float = 5.0) -> FlushResult:
-        """Async :meth:`flush`: awaits instead of blocking; works on any event loop."""
+        """Async :meth:`flush`: awaits instead of blocking; works on any event loop.
+
+        Raises:
+            RuntimeError: Called on one of the pipeline's own threads.
+        """
         deadline = time.monotonic() + _check_timeout(timeout)
+        self.refuse_own_thread("flush")
         started = time.perf_counter()
         if self._state is not PipelineState.RUNNING:
             return self._result(started, complete=self._state is PipelineState.CLOSED)
@@ -203,6 +235,29 @@ class Pipeline:
             if not all(f.result() for f in markers):
                 return self._result(started, complete=False)
         return self._result(started, complete=True)
+
+    def owns_current_thread(self) -> bool:
+        """Whether the calling thread is one of this pipeline's collector or exporter threads."""
+        return any(c.owns_current_thread() for c in self._collectors.values())
+
+    def refuse_own_thread(self, action: str) -> None:
+        """Raise if called on one of the pipeline's own threads, where a wait could never end.
+
+        Args:
+            action: What the caller was about to do (``"flush"``), for the message.
+
+        Raises:
+            RuntimeError: The calling thread is a collector or exporter thread
+                of this pipeline.
+        """
+        for collector in self._collectors.values():
+            if collector.owns_current_thread():
+                raise RuntimeError(
+                    f"cannot {action} the observability pipeline on thread "
+                    f"{threading.current_thread().name!r}, which belongs to its collector "
+                    f"{collector.name!r}: it would wait for itself (called from inside an "
+                    f"exporter or a log processor?); {action} from another thread"
+                )
 
     def _result(self, started: float, *, complete: bool, timed_out: bool = False) -> FlushResult:
         stats = [c.stats() for c in self._collectors.values()]
@@ -233,26 +288,24 @@ class Pipeline:
 
         Returns:
             A :class:`FlushResult` describing the final drain.
+
+        Raises:
+            RuntimeError: Called on one of the pipeline's own threads (it
+                would join itself).
         """
         budget = _check_timeout(self._close_timeout if timeout is None else timeout)
+        self.refuse_own_thread("close")
         started = time.perf_counter()
-        deadline = time.monotonic() + budget
         with self._lifecycle_lock:
             if self._state is PipelineState.CLOSED:
                 return self._result(started, complete=True)
             self._state = PipelineState.CLOSED
+        self._finalizer.detach()
         if self._atexit_hook is not None:
             atexit.unregister(self._atexit_hook)
             self._atexit_hook = None
-        complete = True
-        for stage in self._stages:  # upstream first: their output lands downstream
-            for name in stage:
-                remaining = max(deadline - time.monotonic(), 0.0)
-                complete &= self._collectors[name].stop(remaining, helpers=False)
-        # Then helpers (span exporters) get what is left: a slow one cannot eat
-        # another collector's drain time. Their losses are counted by them.
-        for collector in self._collectors.values():
-            collector.stop_helpers(max(deadline - time.monotonic(), 0.0))
+        stages = tuple(tuple(self._collectors[name] for name in stage) for stage in self._stages)
+        complete = _stop_collectors(stages, budget)
         result = self._result(started, complete=complete, timed_out=not complete)
         _logger.debug(
             "observability.pipeline_closed",
@@ -360,6 +413,54 @@ def _all_done(
     for future in futures:
         future.add_done_callback(on_done)
     return waiter
+
+
+def _stop_collectors(stages: Sequence[Sequence[Collector[Any]]], budget: float) -> bool:
+    """Stop collector threads stage by stage, then their helpers, within ``budget`` seconds.
+
+    Upstream first: their output lands downstream. Helpers (span exporters)
+    get what is left, so a slow one cannot eat another collector's drain
+    time; their losses are counted by them.
+
+    Returns:
+        Whether every collector thread stopped in time.
+    """
+    deadline = time.monotonic() + budget
+    complete = True
+    for stage in stages:
+        for collector in stage:
+            complete &= collector.stop(max(deadline - time.monotonic(), 0.0), helpers=False)
+    for stage in stages:
+        for collector in stage:
+            collector.stop_helpers(max(deadline - time.monotonic(), 0.0))
+    return complete
+
+
+def _close_unclosed(
+    stages: tuple[tuple[Collector[Any], ...], ...], budget: float, atexit_hook: Any
+) -> None:
+    """Finalizer of a pipeline collected without ``close()``: warn, then close it.
+
+    Runs wherever the garbage collector runs, perhaps on one of these very
+    collector threads, or with a lock held: so it only warns and starts a
+    thread that does the bounded close (nothing is started once the
+    interpreter is shutting down; the threads are daemons).
+    """
+    if atexit_hook is not None:
+        atexit.unregister(atexit_hook)
+    running = [c.name for stage in stages for c in stage if c.state is CollectorState.RUNNING]
+    if not running:
+        return
+    warnings.warn(
+        f"unclosed observability pipeline (collectors {', '.join(running)} still running): "
+        "call close(), or use the container as a context manager",
+        ResourceWarning, stacklevel=2,
+    )
+    if sys.is_finalizing():
+        return
+    threading.Thread(
+        target=_stop_collectors, args=(stages, budget), name="observability-close", daemon=True
+    ).start()
 
 
 def _weak_hook(target: Pipeline, method: str) -> Any:

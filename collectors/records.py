@@ -1,45 +1,26 @@
 """Immutable records: the messages producers put on collector queues.
 
-Records are ``NamedTuple`` subclasses because they are built on the hot path of
-every workflow node (a NamedTuple costs ~0.3 us to build here, a frozen slotted
-dataclass ~0.6 us, a pydantic model ~2.3 us). Every field is immutable:
-mappings travel as tuples of ``(key, value)`` pairs, built in the caller's
-thread before the record leaves it.
+One named type per kind of record. Each is a ``NamedTuple``: cheap to build
+on the hot path of every workflow node, immutable, and read by field name
+everywhere (nothing outside this module reads a record by position).
+Mappings travel as tuples of ``(key, value)`` pairs, built in the caller's
+thread before the record leaves it, so a record shares nothing mutable.
 
 Timestamps are integers of nanoseconds since the Unix epoch, which is UTC by
 definition; the ``*_time`` properties turn them into timezone-aware
 ``datetime`` objects for people.
-
-**On the wire, records are plain tuples.** The library's own producers put
-exact ``tuple`` objects, field for field in the order of the classes below,
-on the queues and into run outboxes; collectors read them by position (so a
-``NamedTuple`` sent by a caller works the same), and the trace store keeps
-spans as plain tuples too. Readers get the typed ``NamedTuple`` views
-(:func:`as_span_record`). The reason is CPython's cyclic garbage collector.
-It stops tracking an exact tuple whose items are atoms (strings, numbers,
-``None``, ``Decimal``) or untracked tuples when a collection finds it alive,
-but a ``NamedTuple`` subclass stays tracked for life. Records wait in a queue
-for up to a linger (0.1 s) and spans stay in the trace ring, so as
-``NamedTuple`` objects they outlived the young collections and were promoted
-to the oldest generation: ~35 objects per workflow run, which triggered a
-full collection (~90 ms with LangGraph loaded) every ~1,000 runs. Nesting is
-kept shallow for the same reason: a collection untracks one level of nested
-tuples at a time (it moves an inner tuple behind its container while it looks
-for unreachable objects), so a span tuple carries its attributes flat,
-``("k1", v1, "k2", v2)``, not as pairs, and metric records share label tuples
-built once (already untracked) instead of building new ones per call.
 """
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
-from itertools import chain
 from types import MappingProxyType
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 __all__ = (
     "AttributeValue",
+    "Attributes",
     "AuditRecord",
     "Batch",
     "CostRecord",
@@ -47,13 +28,13 @@ __all__ = (
     "MetricRecord",
     "SpanEvent",
     "SpanRecord",
-    "as_span_record",
-    "flat_attributes",
     "ns_to_datetime",
-    "paired_attributes",
 )
 
 AttributeValue = str | bool | int | float
+#: Span and event attributes: ``(key, value)`` pairs.
+Attributes = tuple[tuple[str, AttributeValue], ...]
+#: Metric labels: ``(name, value)`` pairs in the metric's declared order.
 Labels = tuple[tuple[str, str], ...]
 
 
@@ -74,43 +55,12 @@ class MetricRecord(NamedTuple):
     value: int | float
 
 
-def flat_attributes(pairs: tuple[tuple[str, Any], ...]) -> tuple[Any, ...]:
-    """``(("k1", v1), ("k2", v2))`` -> ``("k1", v1, "k2", v2)``: the wire form."""
-    return tuple(chain.from_iterable(pairs))
-
-
-def paired_attributes(flat: tuple[Any, ...]) -> tuple[tuple[str, Any], ...]:
-    """The inverse of :func:`flat_attributes`; pairs pass through unchanged."""
-    if not flat or type(flat[0]) is tuple:
-        return flat
-    return tuple(zip(flat[::2], flat[1::2], strict=True))
-
-
-def as_span_record(record: tuple[Any, ...]) -> SpanRecord:
-    """The typed view of a span record received or stored as a plain tuple.
-
-    A plain span tuple carries its attributes flat (``("k1", v1, "k2",
-    v2)``); the view has them as ``(key, value)`` pairs, as documented on
-    :class:`SpanRecord`.
-    """
-    if type(record) is SpanRecord:
-        return record
-    attributes = record[10]
-    if attributes and type(attributes[0]) is not tuple:
-        record = (*record[:10], paired_attributes(attributes), *record[11:])
-    view: SpanRecord = _new_tuple(SpanRecord, record)
-    return view
-
-
-_new_tuple = tuple.__new__
-
-
 class SpanEvent(NamedTuple):
     """A timestamped event inside a span (for example an ``exception``)."""
 
     name: str
     time_ns: int
-    attributes: tuple[tuple[str, AttributeValue], ...] = ()
+    attributes: Attributes = ()
 
 
 class SpanRecord(NamedTuple):
@@ -126,7 +76,7 @@ class SpanRecord(NamedTuple):
     status: str  # "ok" | "error" | "unset"
     error_type: str | None
     error_message: str | None
-    attributes: tuple[tuple[str, AttributeValue], ...]
+    attributes: Attributes
     events: tuple[SpanEvent, ...] = ()
     remote_parent: bool = False
 
@@ -177,16 +127,27 @@ class SpanRecord(NamedTuple):
 
 
 class CostRecord(NamedTuple):
-    """The priced usage of one model call. ``cost`` is exact (``Decimal``)."""
+    """The priced usage of one model call. ``cost`` is exact (``Decimal``).
 
+    ``event_id`` identifies the call: the same event recorded twice is billed
+    once (the ledger's idempotency key).
+    """
+
+    event_id: str
     tenant_id: str
     request_id: str | None
     model_version: str
+    prompt_version: str | None
     input_tokens: int
     output_tokens: int
     cost: Decimal
     priced: bool  # False when the model version is missing from the price table
     time_ns: int
+
+    @property
+    def time(self) -> datetime:
+        """When the call was priced, as an aware UTC ``datetime``."""
+        return ns_to_datetime(self.time_ns)
 
 
 class AuditRecord(NamedTuple):

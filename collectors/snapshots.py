@@ -43,7 +43,7 @@ class MetricSpec:
             of counters (``"risk_engine_requests"``); renderers add it.
         type: ``"counter"``, ``"gauge"`` or ``"histogram"``.
         help: One line for the ``# HELP`` comment.
-        label_names: The label names a caller may pass (any subset of them).
+        label_names: The label names every series of the family has, in this order.
         unit: The base unit (``"seconds"``, ``"usd"``, ``""``) for OpenMetrics.
         buckets: Histogram upper bounds, ascending, without ``+Inf``.
     """

@@ -23,20 +23,17 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import structlog
-
 from collectors.base import Collector
 from collectors.export import ExportStats, ExportWorker, SpanExporter
-from collectors.hotpath import speedups
-from collectors.records import SpanRecord, as_span_record, flat_attributes
+from collectors.logs import get_logger
+from collectors.records import SpanRecord
 
 __all__ = ("SpanRedactor", "TraceStore", "TraceStoreCollector")
 
-_logger = structlog.get_logger(__name__)
+_logger = get_logger(__name__)
 
 SpanRedactor = Callable[[SpanRecord], SpanRecord]
 
-_SPAN_FIELDS = len(SpanRecord._fields)
 #: What replaces string values when the redactor itself fails.
 _MASK = "[REDACTED]"
 
@@ -47,12 +44,11 @@ class TraceStore:
     __slots__ = ("evicted", "received", "spans", "unexported")
 
     def __init__(self, capacity: int) -> None:
-        #: Plain tuples in :class:`SpanRecord` field order (untracked by the GC).
-        self.spans: deque[tuple[Any, ...]] = deque(maxlen=capacity)
+        self.spans: deque[SpanRecord] = deque(maxlen=capacity)
         self.evicted = 0
         self.received = 0
         #: Stored spans not yet handed to the exporters (only with exporters).
-        self.unexported: list[tuple[Any, ...]] = []
+        self.unexported: list[SpanRecord] = []
 
 
 class TraceStoreCollector(Collector[TraceStore]):
@@ -86,8 +82,6 @@ class TraceStoreCollector(Collector[TraceStore]):
             raise ValueError("export_batch_size must be at least 1")
         self._capacity = capacity
         self._redactor = redactor
-        #: The library's redactor reads spans by position; others get a SpanRecord.
-        self._redact_tuples = bool(getattr(redactor, "accepts_plain_tuples", False))
         self._export_batch_size = export_batch_size
         self._workers = tuple(
             ExportWorker(exporter, name=name, max_queued_batches=export_queue_batches,
@@ -101,20 +95,10 @@ class TraceStoreCollector(Collector[TraceStore]):
     def _new_store(self) -> TraceStore:
         return TraceStore(self._capacity)
 
-    def _apply(self, record: tuple[Any, ...]) -> None:
-        """Store one finished span, evicting the oldest if full. Collector thread only.
-
-        ``record`` is a :class:`SpanRecord` or a plain tuple in its field
-        order; it is stored as a plain tuple with flat attributes (see
-        :mod:`collectors.records` on why) and read back as a :class:`SpanRecord`.
-        """
-        if len(record) != _SPAN_FIELDS:
-            raise ValueError(f"a span record has {_SPAN_FIELDS} fields, got {len(record)}")
-        attributes = record[10]
-        if attributes and type(attributes[0]) is tuple:  # sent as pairs: store flat
-            record = (*record[:10], flat_attributes(attributes), *record[11:])
-        elif type(record) is not tuple:
-            record = tuple(record)
+    def _apply(self, record: SpanRecord) -> None:
+        """Store one finished span, evicting the oldest if full. Collector thread only."""
+        if type(record) is not SpanRecord:
+            raise TypeError(f"the trace collector takes SpanRecord, got {type(record).__name__}")
         store = self._store
         spans = store.spans
         if len(spans) == self._capacity:
@@ -124,36 +108,7 @@ class TraceStoreCollector(Collector[TraceStore]):
         if self._workers:
             store.unexported.append(record)
 
-    def _apply_all(self, records: tuple[Any, ...]) -> bool:
-        """Store a batch of plain span tuples with flat attributes in a few C calls.
-
-        What a run's outbox sends. Anything else (a :class:`SpanRecord`, pairs
-        of attributes, a malformed record) declines, and each record then goes
-        through :meth:`_apply`.
-        """
-        if speedups is not None:
-            if not speedups.flat_span_batch(records, _SPAN_FIELDS):
-                return False
-        else:
-            for record in records:
-                if type(record) is not tuple or len(record) != _SPAN_FIELDS:
-                    return False
-                attributes = record[10]
-                if attributes and type(attributes[0]) is tuple:
-                    return False
-        store = self._store
-        spans = store.spans
-        n = len(records)
-        overflow = len(spans) + n - self._capacity
-        if overflow > 0:
-            store.evicted += overflow
-        spans.extend(records)
-        store.received += n
-        if self._workers:
-            store.unexported.extend(records)
-        return True
-
-    def _egress(self, span: tuple[Any, ...]) -> SpanRecord:
+    def _egress(self, span: SpanRecord) -> SpanRecord:
         """A stored span as it may leave the store: redacted, as a :class:`SpanRecord`.
 
         Runs on the collector thread (or, once it is gone, on a reader's). A
@@ -163,19 +118,15 @@ class TraceStoreCollector(Collector[TraceStore]):
         """
         redactor = self._redactor
         if redactor is None:
-            return as_span_record(span)
+            return span
         try:
-            return as_span_record(
-                redactor(span if self._redact_tuples  # type: ignore[arg-type]
-                         else as_span_record(span))
-            )
+            return redactor(span)
         except Exception as exc:
             _logger.error("observability.span_redaction_failed", error=repr(exc))
-            record = as_span_record(span)
-            return record._replace(
-                error_message=_MASK if record.error_message else None,
+            return span._replace(
+                error_message=_MASK if span.error_message else None,
                 attributes=tuple((key, _MASK if isinstance(value, str) else value)
-                                 for key, value in record.attributes),
+                                 for key, value in span.attributes),
                 events=(),
             )
 
@@ -219,7 +170,7 @@ class TraceStoreCollector(Collector[TraceStore]):
         def select(store: TraceStore) -> tuple[SpanRecord, ...]:
             found: list[SpanRecord] = []
             for span in store.spans:
-                if trace_id is not None and span[0] != trace_id:
+                if trace_id is not None and span.trace_id != trace_id:
                     continue
                 record = self._egress(span)
                 if tenant_id is not None and ("tenant_id", tenant_id) not in record.attributes:
@@ -240,6 +191,12 @@ class TraceStoreCollector(Collector[TraceStore]):
         for worker in self._workers:
             worker.start()
         super().start()
+
+    def owns_current_thread(self) -> bool:
+        """The collector thread, or one of its export workers' threads."""
+        return super().owns_current_thread() or any(
+            worker.owns_current_thread() for worker in self._workers
+        )
 
     def stop_helpers(self, timeout: float) -> bool:
         """Stop the export workers, after the collector thread has stopped.

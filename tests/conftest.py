@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +13,16 @@ from app.observability import Observability, ObservabilitySettings
 
 # Library code logs through structlog; keep test output to warnings and up.
 structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+@pytest.fixture(autouse=True)
+def _no_otel_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The containers read ``OTEL_*`` variables; the caller's must not reach the tests.
+
+    A test that wants them sets them with ``monkeypatch.setenv``.
+    """
+    for name in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(name)
 
 
 @pytest.fixture

@@ -30,8 +30,15 @@ from app.observability.cost_tracker import CostEstimate, CostTracker
 from app.observability.evaluation import EvaluationResult, EvaluationService
 from app.observability.failure_classifier import FailureCategory, FailureClassifier
 from app.observability.langfuse_client import Generation, LangfuseClient
-from app.observability.metrics import MetricsCollector
+from app.observability.metrics import (
+    BoundCounter,
+    BoundHistogram,
+    CounterFamily,
+    HistogramFamily,
+    MetricsCollector,
+)
 from app.observability.settings import (
+    InputLimits,
     MetricsServerSettings,
     ModelPrice,
     ObservabilitySettings,
@@ -40,6 +47,7 @@ from app.observability.tracing import Span, SpanContext, TracingService
 from collectors.audit import AuditStoreCollector
 from collectors.cost import CostStoreCollector
 from collectors.export import CallableExporter, ExportStats, SpanExporter
+from collectors.ledger import LedgerStats
 from collectors.metrics import MetricsStoreCollector
 from collectors.pipeline import FlushResult, Pipeline, PipelineHealth, PipelineState
 from collectors.trace import TraceStoreCollector
@@ -49,15 +57,21 @@ if TYPE_CHECKING:
 
 __all__ = (
     "AuditLogger",
+    "BoundCounter",
+    "BoundHistogram",
     "CostEstimate",
     "CostTracker",
+    "CounterFamily",
     "EvaluationResult",
     "EvaluationService",
     "FailureCategory",
     "FailureClassifier",
     "FlushResult",
     "Generation",
+    "HistogramFamily",
+    "InputLimits",
     "LangfuseClient",
+    "LedgerStats",
     "MetricsCollector",
     "MetricsServerSettings",
     "ModelPrice",
@@ -79,8 +93,13 @@ class Observability:
         start: Start the collector threads now (default). With ``False``,
             records are queued until :meth:`start`.
         exporters: Span exporters (:class:`collectors.export.SpanExporter`),
-            each run on its own thread after redaction; with
-            ``settings.otlp_endpoint`` set, an OTLP/HTTP exporter is added.
+            each run on its own thread after redaction; with an OTLP
+            endpoint configured (``settings.otlp_endpoint`` or the standard
+            ``OTEL_EXPORTER_OTLP_*`` variables, read here), an OTLP/HTTP
+            exporter is added.
+
+    Raises:
+        ValueError: A malformed ``OTEL_*`` variable (it is named).
 
     Attributes:
         metrics: :class:`MetricsCollector` facade.
@@ -124,25 +143,28 @@ class Observability:
             relative_accuracy=settings.quantile_relative_accuracy,
             **queue_kwargs,
         )
+        ledger_kwargs: dict[str, Any] = {
+            "ledger_url": settings.ledger_url,
+            "ledger_buffer_size": settings.ledger_buffer_size,
+            "ledger_retry_max_seconds": settings.ledger_retry_max_seconds,
+        }
         audit_actor = AuditStoreCollector(
-            capacity=settings.audit_buffer_size, redactor=audit_redactor, **queue_kwargs
+            capacity=settings.audit_buffer_size, redactor=audit_redactor, **ledger_kwargs,
+            **queue_kwargs,
         )
         span_exporters = list(exporters)
-        if settings.otlp_endpoint is not None:
-            from app.observability.otlp import OtlpHttpSender
+        from app.observability.otlp import OtlpConfig, OtlpHttpSender
 
-            sender = OtlpHttpSender(
-                settings.otlp_endpoint, timeout=settings.otlp_timeout_seconds,
-                headers={key: value.get_secret_value()
-                         for key, value in settings.otlp_headers.items()},
-                max_retries=settings.otlp_max_retries,
+        # The settings and the OTEL_EXPORTER_OTLP_* variables, read once, here.
+        otlp = OtlpConfig.resolve(settings)
+        if otlp is not None:
+            sender = OtlpHttpSender.from_config(
+                otlp, max_retries=settings.otlp_max_retries,
                 # No retry starts so late that the export call would count as timed out.
                 retry_window=settings.export_timeout_seconds * 0.9,
             )
             span_exporters.append(CallableExporter(
-                functools.partial(sender.send, service_name=settings.service_name,
-                                  service_version=settings.service_version),
-                name="otlp",
+                functools.partial(sender.send, **otlp.resource), name="otlp",
             ))
         trace_actor = TraceStoreCollector(
             capacity=settings.trace_buffer_size, redactor=span_redactor,
@@ -152,9 +174,12 @@ class Observability:
         cost_actor = CostStoreCollector(
             budgets=settings.budgets,
             budget_thresholds=settings.budget_thresholds,
+            budget_period=settings.budget_period,
             max_tracked_requests=settings.max_tracked_requests,
             metrics=metrics_actor,
             audit=audit_actor,
+            ledger_refresh_seconds=settings.ledger_refresh_seconds,
+            **ledger_kwargs,
             **queue_kwargs,
         )
         self.pipeline = Pipeline(
@@ -163,24 +188,25 @@ class Observability:
             drain_at_exit=settings.drain_at_exit,
         )
         read_timeout = settings.flush_timeout_seconds
-        self.audit = AuditLogger(audit_actor, read_timeout=read_timeout)
+        self.audit = AuditLogger(audit_actor, read_timeout=read_timeout, limits=settings.limits)
         self.metrics = MetricsCollector(
             metrics_actor, catalog, pipeline=self.pipeline, costs=cost_actor,
-            traces=trace_actor, max_label_value_length=settings.max_label_value_length,
-            read_timeout=read_timeout,
-        )
-        self.costs = CostTracker(
-            cost_actor, settings.price_table, unpriced_policy=settings.unpriced_policy,
-            read_timeout=read_timeout,
+            traces=trace_actor, ledgers=(cost_actor, audit_actor), limits=settings.limits,
+            max_series_per_metric=settings.max_series_per_metric, read_timeout=read_timeout,
         )
         self.tracing = TracingService(
             trace_actor, metrics=metrics_actor, costs=cost_actor,
             sample_ratio=settings.sample_ratio, id_seed=settings.id_seed,
-            read_timeout=read_timeout,
+            read_timeout=read_timeout, limits=settings.limits,
+        )
+        self.costs = CostTracker(
+            cost_actor, settings.price_table, unpriced_policy=settings.unpriced_policy,
+            read_timeout=read_timeout, limits=settings.limits,
+            new_id=functools.partial(_prefixed_id, self.tracing, "cost-"),
         )
         self.failures = FailureClassifier(metrics=self.metrics, audit=self.audit)
         self.langfuse = LangfuseClient(
-            tracing=self.tracing, costs=self.costs, metrics=metrics_actor
+            tracing=self.tracing, costs=self.costs, metrics=self.metrics
         )
         self.evaluation = EvaluationService(audit=self.audit, metrics=self.metrics)
         self._server: MetricsServer | None = None
@@ -206,8 +232,8 @@ class Observability:
             from app.observability.http_server import MetricsServer
 
             self._server = MetricsServer(
-                self.metrics.families, host=server_settings.host, port=server_settings.port,
-                healthy=lambda: self.pipeline.health().healthy,
+                self.metrics.render_prometheus, host=server_settings.host,
+                port=server_settings.port, healthy=self._healthy,
             )
             self._server.start()
         return self
@@ -258,7 +284,12 @@ class Observability:
         Returns:
             ``True`` if every exporter handled them (exported, or failed and
             counted) in time; always ``True`` with no exporter configured.
+
+        Raises:
+            RuntimeError: Called on a collector or exporter thread (it would
+                wait for itself).
         """
+        self.pipeline.refuse_own_thread("flush")
         trace = self.pipeline.collectors["trace"]
         assert isinstance(trace, TraceStoreCollector)
         return trace.flush_exporters(
@@ -284,10 +315,13 @@ class Observability:
 
     def health(self) -> PipelineHealth:
         """Each collector's state, queue depth, applied/dropped counts and errors,
-        the span exporters' counters, and the tenants over their cost budget.
+        the span exporters' counters, the tenants over their cost budget, and
+        each ledger connection's state, lag (rows not committed yet) and errors.
 
-        Producers are never blocked: collector stats are read without waiting,
-        and the budget view is a query answered by the cost collector.
+        Producers are never blocked: collector and ledger stats are read
+        without waiting, and the budget view is a query answered by the cost
+        collector. A ledger that is down leaves the pipeline healthy (records
+        are buffered and retried); its state and drops show in ``ledgers``.
         """
         base = self.pipeline.health()
         over_budget: tuple[str, ...] = ()
@@ -295,8 +329,27 @@ class Observability:
             budgets = self.costs.snapshot().budgets
             over_budget = tuple(sorted(t for t, b in budgets.items() if b.over_budget))
         return dataclasses.replace(
-            base, over_budget=over_budget, exporters=self.exporter_stats()
+            base, over_budget=over_budget, exporters=self.exporter_stats(),
+            ledgers=self.ledger_stats(), exposition_error=self.metrics.exposition_error,
         )
+
+    def _healthy(self) -> bool:
+        """What ``/healthz`` answers: collectors alive, and the last exposition rendered."""
+        return self.pipeline.health().healthy and self.metrics.exposition_error is None
+
+    def ledger_stats(self) -> tuple[LedgerStats, ...]:
+        """Each ledger connection (cost, audit): state, lag, commits, drops, errors.
+
+        Empty without ``settings.ledger_url``.
+        """
+        stats: list[LedgerStats] = []
+        for name in ("cost", "audit"):
+            collector = self.pipeline.collectors[name]
+            assert isinstance(collector, CostStoreCollector | AuditStoreCollector)
+            found = collector.ledger_stats()
+            if found is not None:
+                stats.append(found)
+        return tuple(stats)
 
     def __enter__(self) -> Self:
         return self.start()
@@ -315,6 +368,11 @@ class Observability:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _prefixed_id(tracing: TracingService, prefix: str) -> str:
+    """An id from the tracing service's generator (deterministic with ``id_seed``)."""
+    return prefix + tracing.new_id()
 
 
 def _exported(result: FlushResult, exported: bool, started: float) -> FlushResult:

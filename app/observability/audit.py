@@ -3,7 +3,8 @@
 :meth:`AuditLogger.log` builds one immutable
 :class:`~collectors.records.AuditRecord` and sends it to the audit actor
 (:class:`collectors.audit.AuditStoreCollector`), whose thread writes the
-structlog line and keeps the event in a bounded buffer. Producers never pay
+structlog line and keeps the event in a bounded buffer (and, with a ledger,
+appends it to the tenant's tamper-evident hash chain). Producers never pay
 for log formatting; tests read :meth:`AuditLogger.events` after a flush.
 """
 
@@ -11,6 +12,8 @@ from __future__ import annotations
 
 import time
 
+from app.observability.settings import InputLimits
+from app.observability.validation import check_id, check_text
 from collectors.audit import AuditStoreCollector
 from collectors.records import AuditRecord
 
@@ -28,11 +31,16 @@ class AuditLogger:
     Args:
         collector: The audit actor.
         read_timeout: Seconds a read waits for the collector's answer.
+        limits: Bounds on the event name, field names and text values.
     """
 
-    def __init__(self, collector: AuditStoreCollector, *, read_timeout: float = 5.0) -> None:
+    def __init__(
+        self, collector: AuditStoreCollector, *, read_timeout: float = 5.0,
+        limits: InputLimits | None = None,
+    ) -> None:
         self._collector = collector
         self._read_timeout = read_timeout
+        self._limits = limits if limits is not None else InputLimits()
 
     def log(self, event: str, **fields: object) -> None:
         """Emit one audit event.
@@ -42,18 +50,24 @@ class AuditLogger:
             **fields: Event data; values should be JSON-friendly scalars.
 
         Raises:
-            ValueError: ``event`` is empty, or a field is named ``audit`` or
-                ``timestamp`` (set on every audit log line).
+            ValueError: ``event`` is not a valid id (empty, too long, control
+                characters), or a field is named ``audit`` or ``timestamp``
+                (set on every audit log line). Text values are kept, repaired
+                and truncated past ``max_attribute_length``.
             TypeError: ``event`` is not a str.
         """
-        if type(event) is not str:
-            raise TypeError(f"event must be a str, got {type(event).__name__}")
-        if not event:
-            raise ValueError("event must not be empty")
+        limits = self._limits
+        check_id("event", event, max_length=limits.max_id_length)
         for name in _RESERVED_FIELDS:
             if name in fields:
                 raise ValueError(f"audit field {name!r} is reserved for the log line")
-        self._collector.send(AuditRecord(event, time.time_ns(), tuple(fields.items())))
+        items = tuple(
+            (key, check_text(f"audit field {key}", value,
+                             max_length=limits.max_attribute_length)
+             if isinstance(value, str) else value)
+            for key, value in fields.items()
+        )
+        self._collector.send(AuditRecord(event, time.time_ns(), items))
 
     def events(
         self, *, event: str | None = None, tenant_id: str | None = None

@@ -17,12 +17,30 @@ from types import MappingProxyType
 from collectors.snapshots import DEFAULT_LATENCY_BUCKETS, MetricSpec
 
 __all__ = (
+    "GEN_AI_DURATION_BUCKETS",
+    "GEN_AI_LABELS",
+    "GEN_AI_TOKEN_BUCKETS",
+    "NO_NODE",
+    "NO_TENANT",
     "PIPELINE_METRICS",
     "QUALITY_SCORE_BUCKETS",
     "build_catalog",
 )
 
+#: The ``tenant_id`` label of a series of no known tenant (every series has every label).
+NO_TENANT = "unknown"
+#: The ``node`` label of a failure outside any workflow node.
+NO_NODE = "none"
 QUALITY_SCORE_BUCKETS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+#: The GenAI semantic conventions' advice for ``gen_ai.client.operation.duration``.
+GEN_AI_DURATION_BUCKETS: tuple[float, ...] = tuple(0.01 * 2**i for i in range(14))
+#: The GenAI semantic conventions' advice for ``gen_ai.client.token.usage``.
+GEN_AI_TOKEN_BUCKETS: tuple[float, ...] = tuple(float(4**i) for i in range(14))
+#: Labels of the GenAI client metrics (the conventions' attributes, in Prometheus form).
+GEN_AI_LABELS: tuple[str, ...] = (
+    "gen_ai_operation_name", "gen_ai_provider_name", "gen_ai_request_model",
+    "gen_ai_response_model",
+)
 
 
 def build_catalog(
@@ -99,6 +117,21 @@ def build_catalog(
             type="counter", help="Tenant cost budget thresholds crossed (once per crossing).",
             label_names=("tenant_id", "threshold"),
         ),
+        MetricSpec(
+            name="gen_ai_client_operation_duration",
+            prom_name="gen_ai_client_operation_duration_seconds", type="histogram",
+            help="GenAI operation duration (gen_ai.client.operation.duration); error_type is "
+                 "the failed call's exception type, none for a successful call.",
+            label_names=(*GEN_AI_LABELS, "error_type"), unit="seconds",
+            buckets=GEN_AI_DURATION_BUCKETS,
+        ),
+        MetricSpec(
+            name="gen_ai_client_token_usage", prom_name="gen_ai_client_token_usage",
+            type="histogram",
+            help="Tokens used per GenAI operation (gen_ai.client.token.usage), by token type.",
+            label_names=(*GEN_AI_LABELS, "gen_ai_token_type"),
+            buckets=GEN_AI_TOKEN_BUCKETS,
+        ),
     )
     return MappingProxyType({spec.name: spec for spec in specs})
 
@@ -152,8 +185,25 @@ PIPELINE_METRICS: Mapping[str, MetricSpec] = MappingProxyType({
         ),
         MetricSpec(
             name="series_overflow", prom_name="observability_series_overflow", type="counter",
-            help="Records folded into the overflow series by the cardinality cap.",
+            help="Records (for cost_usd: series) folded into the overflow series by the "
+                 "cardinality cap.",
             label_names=("metric",),
+        ),
+        MetricSpec(
+            name="ledger_rows", prom_name="observability_ledger_rows", type="counter",
+            help="Ledger rows by collector and outcome: committed, duplicate (already in "
+                 "the ledger, not billed again) or dropped (never committed).",
+            label_names=("collector", "outcome"),
+        ),
+        MetricSpec(
+            name="ledger_lag", prom_name="observability_ledger_lag", type="gauge",
+            help="Rows applied in memory but not committed to the ledger yet.",
+            label_names=("collector",),
+        ),
+        MetricSpec(
+            name="ledger_up", prom_name="observability_ledger_up", type="gauge",
+            help="1 while the collector's ledger connection is up, else 0.",
+            label_names=("collector",),
         ),
     )
 })

@@ -17,30 +17,22 @@ that actor and reflect every cost the caller added before.
 
 from __future__ import annotations
 
+import secrets
 import time
-from collections.abc import Mapping
-from decimal import Context, Decimal, InvalidOperation
+from collections.abc import Callable, Mapping
+from decimal import Context, Decimal
 from typing import Literal, NamedTuple
 
-import structlog
-
-from app.observability.settings import ModelPrice
-from collectors.cost import CostSnapshot, CostStoreCollector, ResetRecord
+from app.observability.settings import InputLimits, ModelPrice
+from app.observability.validation import check_count, check_decimal, check_id
+from collectors.cost import BudgetStatus, CostSnapshot, CostStoreCollector, ResetRecord
+from collectors.logs import get_logger
 from collectors.records import CostRecord
 
-__all__ = ("PRICE_CACHE_SIZE", "CostEstimate", "CostTracker", "Price")
+__all__ = ("CostEstimate", "CostTracker")
 
-_logger = structlog.get_logger(__name__)
+_logger = get_logger(__name__)
 _WARN_INTERVAL = 60.0
-#: Upper bound of an explicit per-call cost (USD); far above any real call.
-_MAX_COST = Decimal("1E+15")
-#: Priced usages remembered (model version x token counts); cleared when full.
-PRICE_CACHE_SIZE = 4_096
-
-_new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__
-
-#: A priced usage: the cost and ``str(cost)`` (the generation span's ``cost_usd``).
-Price = tuple[Decimal, str]
 
 
 class CostEstimate(NamedTuple):
@@ -58,6 +50,8 @@ class CostTracker:
         price_table: Model version -> rates per 1,000 tokens.
         unpriced_policy: ``"flag"`` (record at $0, flagged and counted) or ``"raise"``.
         read_timeout: Seconds a read waits for the collector's answer.
+        limits: Bounds on ids, token counts and a call's cost.
+        new_id: Makes an event id for a call recorded without one.
     """
 
     def __init__(
@@ -67,6 +61,8 @@ class CostTracker:
         *,
         unpriced_policy: Literal["flag", "raise"] = "flag",
         read_timeout: float = 5.0,
+        limits: InputLimits | None = None,
+        new_id: Callable[[], str] | None = None,
     ) -> None:
         self._collector = collector
         self._context = Context(prec=28)
@@ -77,11 +73,9 @@ class CostTracker:
         }
         self._policy = unpriced_policy
         self._read_timeout = read_timeout
+        self._limits = limits if limits is not None else InputLimits()
+        self._new_id = new_id if new_id is not None else _random_id
         self._last_unpriced_warning = 0.0
-        #: (model version, input tokens, output tokens) -> its :data:`Price`, priced
-        #: models only (see :meth:`price`). Read directly by trusted hot paths
-        #: (``LangfuseClient``); never replaced, only cleared.
-        self.price_cache: dict[tuple[str, int, int], Price] = {}
 
     @property
     def priced_models(self) -> frozenset[str]:
@@ -91,54 +85,22 @@ class CostTracker:
     def estimate_cost(
         self, model_version: str, input_tokens: int, output_tokens: int
     ) -> CostEstimate:
-        """Price usage without recording it.
+        """Price usage without recording it (an unpriced model costs 0, ``priced=False``).
 
         Raises:
-            ValueError: Empty model version, negative token counts.
-            TypeError: Non-integer token counts.
+            ValueError: An invalid model version, token counts out of range.
+            TypeError: Wrong types.
         """
-        _check_text("model_version", model_version)
-        _check_tokens("input_tokens", input_tokens)
-        _check_tokens("output_tokens", output_tokens)
-        price = self.price(model_version, input_tokens, output_tokens)
-        if price is None:
+        limits = self._limits
+        check_id("model_version", model_version, max_length=limits.max_id_length)
+        check_count("input_tokens", input_tokens, maximum=limits.max_tokens_per_call)
+        check_count("output_tokens", output_tokens, maximum=limits.max_tokens_per_call)
+        rates = self._rates.get(model_version)
+        if rates is None:
             return CostEstimate(Decimal(0), False)
-        estimate: CostEstimate = _new_tuple(CostEstimate, (price[0], True))
-        return estimate
-
-    def price(self, model_version: str, input_tokens: int, output_tokens: int) -> Price | None:
-        """The cost of validated usage and its ``str``; ``None`` for an unpriced model.
-
-        For trusted callers: ``model_version`` a non-empty ``str``, the token
-        counts ``int`` (not ``bool``) ``>= 0``. Nothing is recorded and the
-        unpriced policy is not applied (the caller does that, see
-        :meth:`build_record`), which is why an unpriced model is never cached.
-
-        Why a cache: pricing is two ``Decimal`` multiplications and an
-        addition in a fixed context (~0.7 µs) and ``str(cost)`` (~0.2 µs),
-        the most expensive part of logging a generation, while the same model
-        and token counts recur (a workflow's prompts have few sizes). The
-        result depends only on the key and the fixed rates, so a cached price
-        equals a fresh one. The cache is bounded: past
-        :data:`PRICE_CACHE_SIZE` entries it is cleared, so arbitrary token
-        counts cannot grow memory. ``dict`` operations are atomic, so threads
-        may share it; at worst two of them price the same usage twice.
-        """
-        key = (model_version, input_tokens, output_tokens)
-        price = self.price_cache.get(key)
-        if price is None:
-            rates = self._rates.get(model_version)
-            if rates is None:
-                return None
-            ctx = self._context
-            cost = ctx.add(ctx.multiply(rates[0], input_tokens),
-                           ctx.multiply(rates[1], output_tokens))
-            price = (cost, str(cost))
-            cache = self.price_cache
-            if len(cache) >= PRICE_CACHE_SIZE:
-                cache.clear()
-            cache[key] = price
-        return price
+        ctx = self._context
+        cost = ctx.add(ctx.multiply(rates[0], input_tokens), ctx.multiply(rates[1], output_tokens))
+        return CostEstimate(cost, True)
 
     def add_cost(
         self,
@@ -148,30 +110,36 @@ class CostTracker:
         input_tokens: int,
         output_tokens: int,
         request_id: str | None = None,
+        prompt_version: str | None = None,
         cost: Decimal | None = None,
+        event_id: str | None = None,
     ) -> Decimal:
         """Price one model call and record it.
 
         Args:
             tenant_id: The tenant billed.
             model_version: A model version (priced from the table).
-            input_tokens: Prompt tokens (int >= 0).
-            output_tokens: Completion tokens (int >= 0).
+            input_tokens: Prompt tokens (int, within ``max_tokens_per_call``).
+            output_tokens: Completion tokens (likewise).
             request_id: The request the call belongs to (for per-request cost).
-            cost: An explicit cost overriding the table (finite, >= 0).
+            prompt_version: The prompt template version used.
+            cost: An explicit cost overriding the table (a Decimal within
+                ``[0, max_cost_per_call_usd]``).
+            event_id: The call's idempotency key (generated if omitted): the
+                same event recorded twice is billed once.
 
         Returns:
             The recorded cost (``Decimal``).
 
         Raises:
-            ValueError: Empty ids, negative tokens, a non-finite, negative or
-                absurdly large (>= 1E+15) cost, or an unpriced model under
-                ``unpriced_policy="raise"``.
+            ValueError: An invalid id, a number out of range, or an unpriced
+                model under ``unpriced_policy="raise"``.
             TypeError: Wrong types.
         """
         record = self.build_record(
             tenant_id=tenant_id, model_version=model_version, input_tokens=input_tokens,
-            output_tokens=output_tokens, request_id=request_id, cost=cost,
+            output_tokens=output_tokens, request_id=request_id, prompt_version=prompt_version,
+            cost=cost, event_id=event_id,
         )
         self._collector.send(record)
         return record.cost
@@ -184,26 +152,45 @@ class CostTracker:
         input_tokens: int,
         output_tokens: int,
         request_id: str | None = None,
+        prompt_version: str | None = None,
         cost: Decimal | None = None,
+        event_id: str | None = None,
     ) -> CostRecord:
-        """Validate and price usage into a record without sending it (see :meth:`add_cost`)."""
-        _check_text("tenant_id", tenant_id)
+        """Validate and price usage into a record without sending it (see :meth:`add_cost`).
+
+        The one function that builds a :class:`~collectors.records.CostRecord`.
+        """
+        max_id = self._limits.max_id_length
+        check_id("tenant_id", tenant_id, max_length=max_id)
         if request_id is not None:
-            _check_text("request_id", request_id)
+            check_id("request_id", request_id, max_length=max_id)
+        if prompt_version is not None:
+            check_id("prompt_version", prompt_version, max_length=max_id)
+        if event_id is None:
+            event_id = self._new_id()
+        else:
+            check_id("event_id", event_id, max_length=max_id)
         estimate = self.estimate_cost(model_version, input_tokens, output_tokens)
         priced = estimate.priced
         if cost is None:
             cost = estimate.cost
+            if cost > self._limits.max_cost_per_call_usd:
+                raise ValueError(
+                    f"cost of {input_tokens} input and {output_tokens} output tokens of "
+                    f"{model_version} is {cost} USD, above max_cost_per_call_usd "
+                    f"{self._limits.max_cost_per_call_usd}"
+                )
         else:
-            cost = _check_cost(cost)
+            cost = check_decimal("cost", cost, maximum=self._limits.max_cost_per_call_usd)
             priced = True
         if not priced:
             self._unpriced(model_version)
-        record: CostRecord = _new_tuple(CostRecord, (
-            tenant_id, request_id, model_version, input_tokens, output_tokens, cost, priced,
-            time.time_ns(),
-        ))
-        return record
+        return CostRecord(
+            event_id=event_id, tenant_id=tenant_id, request_id=request_id,
+            model_version=model_version, prompt_version=prompt_version,
+            input_tokens=input_tokens, output_tokens=output_tokens, cost=cost, priced=priced,
+            time_ns=time.time_ns(),
+        )
 
     def send_record(self, record: CostRecord) -> None:
         """Send a record from :meth:`build_record` to the cost store."""
@@ -221,7 +208,7 @@ class CostTracker:
 
     def get_tenant_cost(self, tenant_id: str) -> Decimal:
         """A tenant's cumulative cost (``Decimal('0')`` if it has none)."""
-        _check_text("tenant_id", tenant_id)
+        check_id("tenant_id", tenant_id, max_length=self._limits.max_id_length)
         return self._collector.tenant_cost(tenant_id, self._read_timeout)
 
     def get_request_cost(self, request_id: str) -> Decimal | None:
@@ -231,13 +218,28 @@ class CostTracker:
         ``max_tracked_requests`` and more than 7/8 of it (93,751 to 100,000 by
         default; see :class:`collectors.cost.CostStoreCollector`).
         """
-        _check_text("request_id", request_id)
+        check_id("request_id", request_id, max_length=self._limits.max_id_length)
         return self._collector.request_cost(request_id, self._read_timeout)
 
     def get_model_cost(self, model_version: str) -> Decimal:
         """A model version's cumulative cost."""
-        _check_text("model_version", model_version)
+        check_id("model_version", model_version, max_length=self._limits.max_id_length)
         return self._collector.model_cost(model_version, self._read_timeout)
+
+    def remaining_budget(self, tenant_id: str) -> Decimal | None:
+        """What is left of a tenant's budget in the current period; ask before an LLM call.
+
+        ``None`` when the tenant has no budget; never below ``0``. With a
+        ledger, the spend is every process's (see
+        :class:`collectors.cost.CostStoreCollector` for how stale it may be).
+        """
+        status = self.budget_status(tenant_id)
+        return None if status is None else status.remaining
+
+    def budget_status(self, tenant_id: str) -> BudgetStatus | None:
+        """A tenant's spend against its budget in the current period (``None``: no budget)."""
+        check_id("tenant_id", tenant_id, max_length=self._limits.max_id_length)
+        return self._collector.budget_status(tenant_id, self._read_timeout)
 
     def get_total_cost(self) -> Decimal:
         """The cumulative cost over all tenants."""
@@ -256,29 +258,6 @@ class CostTracker:
         self._collector.send_control(ResetRecord())
 
 
-def _check_text(field: str, value: object) -> None:
-    if type(value) is not str:
-        raise TypeError(f"{field} must be a str, got {type(value).__name__}")
-    if not value:
-        raise ValueError(f"{field} must not be empty")
-
-
-def _check_tokens(field: str, value: object) -> None:
-    if type(value) is not int:
-        raise TypeError(f"{field} must be an int, got {type(value).__name__}")
-    if value < 0:
-        raise ValueError(f"{field} must be >= 0, got {value}")
-
-
-def _check_cost(value: object) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, Decimal | int | float | str):
-        raise TypeError(f"cost must be a Decimal, got {type(value).__name__}")
-    try:
-        cost = value if isinstance(value, Decimal) else Decimal(str(value))
-    except InvalidOperation as exc:
-        raise ValueError(f"cost is not a number: {value!r}") from exc
-    if not cost.is_finite() or cost < 0:
-        raise ValueError(f"cost must be finite and >= 0, got {value!r}")
-    if cost >= _MAX_COST:  # the store's sums would overflow Decimal's range and be lost
-        raise ValueError(f"cost must be below {_MAX_COST} USD, got {value!r}")
-    return cost
+def _random_id() -> str:
+    """A random event id (``cost-`` and 24 hex digits)."""
+    return f"cost-{secrets.token_hex(12)}"

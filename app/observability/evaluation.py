@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from app.observability.audit import AuditLogger
+from app.observability.catalog import NO_TENANT
 from app.observability.metrics import MetricsCollector
 
 __all__ = ("EvaluationResult", "EvaluationService")
@@ -161,11 +162,10 @@ class EvaluationService:
         tenant_id = _get(state, "tenant_id")
         # Observed before the state is touched: a refused label leaves the state as it was.
         if self._metrics is not None:
-            if isinstance(tenant_id, str) and tenant_id:
-                self._metrics.observe("quality_score", result.overall_quality_score,
-                                      tenant_id=tenant_id)
-            else:
-                self._metrics.observe("quality_score", result.overall_quality_score)
+            self._metrics.observe(
+                "quality_score", result.overall_quality_score,
+                tenant_id=NO_TENANT if tenant_id is None else tenant_id,
+            )
         if isinstance(state, MutableMapping):
             state["evaluation"] = result
         elif hasattr(state, "evaluation"):

@@ -25,6 +25,7 @@ from app.errors import (
     WorkflowError,
 )
 from app.observability.audit import AuditLogger
+from app.observability.catalog import NO_NODE, NO_TENANT
 from app.observability.metrics import MetricsCollector
 from app.observability.tracing import exception_type_name
 
@@ -168,19 +169,20 @@ class FailureClassifier:
             except ValueError:
                 raise ValueError(f"category must be one of {[c.value for c in FailureCategory]},"
                                  f" got {category!r}") from None
-        labels = {"category": category.value}
-        if tenant_id:
-            labels["tenant_id"] = tenant_id
-        if node:
-            labels["node"] = node
         if self._metrics is not None:
-            self._metrics.increment("failure_count", 1, **labels)
+            # Every series has the declared labels: a failure outside any node
+            # (or of no known tenant) is counted under "none" ("unknown").
+            self._metrics.increment(
+                "failure_count", 1, category=category.value,
+                tenant_id=NO_TENANT if tenant_id is None else tenant_id,
+                node=NO_NODE if node is None else node,
+            )
         if self._audit is not None:
             self._audit.log(
                 "failure.classified",
                 category=category.value,
                 error_type=exception_type_name(exc) if exc is not None else None,
-                message=_message(exc)[:512] if exc is not None else reason,
+                message=_message(exc) if exc is not None else reason,
                 tenant_id=tenant_id,
                 node=node,
                 correlation_id=correlation_id,

@@ -3,8 +3,8 @@
 :class:`MetricsServer` runs :class:`http.server.ThreadingHTTPServer` on a
 daemon thread named ``metrics-http``; each request runs on its own short-lived
 daemon thread. A scrape calls the ``render`` callable once, outside any lock
-of this module, and renders the snapshot it returns with
-:mod:`app.observability.exposition`.
+of this module, for the exposition in the format the scraper asked for
+(:meth:`app.observability.metrics.MetricsCollector.render_prometheus`).
 
 Routes:
 
@@ -20,26 +20,20 @@ from __future__ import annotations
 import enum
 import socket
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
 
-import structlog
-
-from app.observability.exposition import (
-    CONTENT_TYPE_OPENMETRICS,
-    CONTENT_TYPE_TEXT,
-    render_openmetrics,
-    render_text,
-)
-from collectors.snapshots import MetricFamily
+from app.observability.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT
+from collectors.logs import get_logger
 
 __all__ = ("MetricsServer",)
 
-_logger = structlog.get_logger(__name__)
+_logger = get_logger(__name__)
 
-RenderSnapshot = Callable[[], Sequence[MetricFamily]]
+#: ``render(openmetrics)``: the exposition, OpenMetrics 1.0 if true, else text 0.0.4.
+RenderExposition = Callable[[bool], str]
 
 _THREAD_NAME = "metrics-http"
 #: How often ``serve_forever`` checks for a shutdown request (seconds).
@@ -61,7 +55,7 @@ class MetricsServer:
 
     Example::
 
-        with MetricsServer(obs.metrics.families, port=9464) as server:
+        with MetricsServer(obs.metrics.render_prometheus, port=9464) as server:
             ...  # Prometheus scrapes server.url
 
     Args:
@@ -74,7 +68,7 @@ class MetricsServer:
     """
 
     def __init__(
-        self, render: RenderSnapshot, host: str = "127.0.0.1", port: int = 0,
+        self, render: RenderExposition, host: str = "127.0.0.1", port: int = 0,
         healthy: Callable[[], bool] | None = None,
     ) -> None:
         if not callable(render):
@@ -193,7 +187,7 @@ class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(
-        self, address: tuple[str, int], render: RenderSnapshot,
+        self, address: tuple[str, int], render: RenderExposition,
         healthy: Callable[[], bool] | None = None,
     ) -> None:
         if ":" in address[0]:
@@ -238,9 +232,7 @@ class _MetricsHandler(BaseHTTPRequestHandler):
     def _serve_metrics(self) -> None:
         openmetrics = _wants_openmetrics(self.headers.get("Accept", ""))
         try:
-            families = self.server.render()
-            text = render_openmetrics(families) if openmetrics else render_text(families)
-            body = text.encode("utf-8")
+            body = self.server.render(openmetrics).encode("utf-8")
         except Exception:
             _logger.exception("metrics render failed")
             self._send(500, _PLAIN, b"metrics render failed\n")

@@ -3,38 +3,44 @@
 One :meth:`LangfuseClient.log_generation` call records an LLM generation the
 way Langfuse would show it, without any network call:
 
-* the cost store gets the priced usage (per tenant, request, model version);
-* the metrics get ``model_usage_count``, ``prompt_usage_count`` and
-  ``token_usage`` (input and output), sent as one batch;
-* the trace gets a ``generation`` span under the current span, carrying the
-  OpenTelemetry GenAI attributes' sources (model, tokens) and the project's
-  own (tenant, correlation id, prompt version, cost, event id).
+* the cost store gets the priced usage (per tenant, request, model version),
+  keyed by the generation's event id, so the same generation logged twice is
+  billed once;
+* the metrics get ``model_usage_count``, ``prompt_usage_count``,
+  ``token_usage`` and the GenAI semantic conventions' client histograms
+  (``gen_ai.client.operation.duration``, ``gen_ai.client.token.usage``);
+* the trace gets a ``generation`` span under the current span, named
+  ``{operation} {model}`` and carrying the GenAI attributes
+  (``gen_ai.request.model``, ``gen_ai.usage.input_tokens``, ...), with the
+  engine's own (tenant, prompt version, event id).
 
-That is three queue puts per generation, whatever the number of metrics. When
-a team moves to real Langfuse, the OTLP/JSON export (``app.observability.otlp``)
-carries the same generation spans with the GenAI semantic-convention names
-that Langfuse's OTLP endpoint reads.
+A failed call (``error=...``) still gets its generation span, with status
+error and ``error.type``, and its duration; it costs nothing.
+
+Inside a batched workflow run every record goes into the run's outbox and
+leaves with the run. When a team moves to real Langfuse, the OTLP export
+(:mod:`app.observability.otlp`) carries the same generation spans.
 """
 
 from __future__ import annotations
 
-import math
+import time
 from collections.abc import Mapping
 from decimal import Decimal
-from time import time_ns as _time_ns
 from typing import NamedTuple
 
-from app.observability.cost_tracker import CostTracker, Price
-from app.observability.tracing import Span, SpanContext, TracingService, _check_attribute
-from collectors.metrics import MetricsStoreCollector
-from collectors.records import AttributeValue, Batch, CostRecord, Labels
+from app.observability.cost_tracker import CostTracker
+from app.observability.metrics import MetricsCollector
+from app.observability.tracing import TracingService, exception_type_name
+from app.observability.validation import check_attribute, check_count, check_id, check_number
+from collectors.records import AttributeValue, MetricRecord
 
 __all__ = ("Generation", "LangfuseClient")
 
-_new_tuple = tuple.__new__  # a NamedTuple without its Python-level __new__
-
-#: Usage label sets kept ready-made (tenants x models x prompts).
-_LABEL_CACHE_SIZE = 4_096
+#: Span attributes the tracing service sets from the span's identity.
+_IDENTITY_KEYS = frozenset({"tenant_id", "correlation_id", "request_id"})
+#: The currency of ``gen_ai.usage.cost.amount`` (the price table is in US dollars).
+COST_CURRENCY = "USD"
 
 
 class Generation(NamedTuple):
@@ -51,23 +57,22 @@ class LangfuseClient:
     """Logs generations to the cost store, the metrics and the trace.
 
     Args:
-        tracing: The tracing service (parent span, ids).
-        costs: The cost tracker (pricing and the cost store).
-        metrics: The metrics actor (usage counters are sent as one batch).
+        tracing: The tracing service (parent span, ids, where records go).
+        costs: The cost tracker (pricing and the cost record).
+        metrics: The metrics facade (the usage families' children).
     """
 
     def __init__(
-        self, *, tracing: TracingService, costs: CostTracker, metrics: MetricsStoreCollector
+        self, *, tracing: TracingService, costs: CostTracker, metrics: MetricsCollector
     ) -> None:
         self._tracing = tracing
         self._costs = costs
-        self._metrics = metrics
-        # The fast path's shortcuts, both fixed for the life of their owners: the
-        # tracer's current-span variable and the cost tracker's price cache.
-        self._current = tracing._current
-        self._prices = costs.price_cache
-        #: (tenant, model, prompt) -> the usage metrics' label sets (bounded).
-        self._usage_labels: dict[tuple[str, str, str], tuple[Labels, Labels, Labels, Labels]] = {}
+        self._limits = tracing.limits
+        self._model_usage = metrics.counter("model_usage_count")
+        self._prompt_usage = metrics.counter("prompt_usage_count")
+        self._tokens = metrics.counter("token_usage")
+        self._duration = metrics.histogram("gen_ai_client_operation_duration")
+        self._token_histogram = metrics.histogram("gen_ai_client_token_usage")
 
     def log_generation_sync(
         self,
@@ -81,9 +86,11 @@ class LangfuseClient:
         estimated_cost: Decimal | None = None,
         event_id: str | None = None,
         request_id: str | None = None,
-        name: str = "llm.generation",
+        operation: str = "chat",
         provider: str = "simulated",
+        response_model: str | None = None,
         metadata: Mapping[str, AttributeValue] | None = None,
+        error: BaseException | None = None,
     ) -> Generation:
         """Record one generation (see the module docstring for what it feeds).
 
@@ -91,265 +98,123 @@ class LangfuseClient:
             tenant_id: The tenant billed.
             model_version: The model version called (priced from the table).
             prompt_version: The prompt template version used.
-            input_tokens: Prompt tokens (int >= 0).
-            output_tokens: Completion tokens (int >= 0).
-            latency: Seconds the call took (finite, >= 0); the span ends now.
+            input_tokens: Prompt tokens.
+            output_tokens: Completion tokens.
+            latency: Seconds the call took; the generation span ends now. A
+                latency longer than the parent span has run is clamped to the
+                parent's start (the span says so in an attribute).
             estimated_cost: An explicit cost; default: priced from the table.
-            event_id: Idempotency id of the generation; generated if omitted.
+            event_id: The generation's idempotency id; generated if omitted.
             request_id: Defaults to the current span's request id.
-            name: The generation span's name.
-            provider: The model provider (``gen_ai.provider.name`` on export).
-            metadata: Extra span attributes (str, bool, int or float values).
+            operation: The GenAI operation (``gen_ai.operation.name``).
+            provider: The model provider (``gen_ai.provider.name``).
+            response_model: The model that answered (default ``model_version``).
+            metadata: Extra span attributes (str, bool, int or float values); a key
+                the generation already sets (its GenAI attributes, ids) is ignored.
+            error: The exception the call failed with: the span gets status
+                error and ``error.type``, and nothing is billed.
 
         Returns:
             A :class:`Generation` with the event id, cost and span ids.
 
         Raises:
-            ValueError: Empty ids, negative tokens or latency, non-finite values.
+            ValueError: An invalid id, a number out of range, a bad attribute.
             TypeError: Wrong types.
-
-        The workflow instrumentation calls this once per request, inside a
-        node span of a batched run, and it used to be the most expensive call
-        of the instrumentation. So the common call -- valid arguments, a priced
-        model, no ``metadata`` and no ``estimated_cost`` -- takes a fast path:
-        one merged validation (it only says *whether* everything is valid),
-        the price from :attr:`CostTracker.price_cache`, the records built as
-        plain tuples, and in a batched run the generation span appended to the
-        outbox here rather than by :meth:`TracingService.record_finished`.
-        Every other call, including every invalid one, takes
-        :meth:`_log_generation_checked`, which checks the arguments one by one
-        in the documented order (same errors, same messages) and applies the
-        unpriced policy. Both paths record the same things and draw the same
-        ids from the tracer's generator, in the same order.
         """
-        end_ns = _time_ns()
-        current = self._current.get()
-        parent = current if isinstance(current, Span) else None
+        end_ns = time.time_ns()
+        limits = self._limits
+        max_id = limits.max_id_length
+        tracing = self._tracing
+        parent = tracing.current_span()
         if request_id is None and parent is not None:
             request_id = parent.request_id
-        price: Price | None = None
-        duration_ns = 0
-        if (
-            metadata is None and estimated_cost is None
-            and type(tenant_id) is str and tenant_id
-            and type(model_version) is str and model_version
-            and type(prompt_version) is str and prompt_version
-            and type(input_tokens) is int and input_tokens >= 0
-            and type(output_tokens) is int and output_tokens >= 0
-            # (a NaN fails the comparison; end_ns / 1e9 bounds it below infinity)
-            and (type(latency) is float or type(latency) is int)
-            and 0 <= latency <= end_ns / 1e9
-            and type(name) is str and name
-            and type(provider) is str and provider
-            and (event_id is None or (type(event_id) is str and event_id))
-            and (request_id is None or (type(request_id) is str and request_id))
-        ):
-            duration_ns = round(latency * 1e9)
-            if duration_ns <= end_ns:  # (rounding may say otherwise at the very edge)
-                price = self._prices.get((model_version, input_tokens, output_tokens))
-                if price is None:  # not cached yet, or an unpriced model (None again)
-                    price = self._costs.price(model_version, input_tokens, output_tokens)
-        if price is None:
-            return self._log_generation_checked(
-                end_ns, current, parent, tenant_id=tenant_id, model_version=model_version,
-                prompt_version=prompt_version, input_tokens=input_tokens,
-                output_tokens=output_tokens, latency=latency, estimated_cost=estimated_cost,
-                event_id=event_id, request_id=request_id, name=name, provider=provider,
-                metadata=metadata,
-            )
-        cost, cost_usd = price
-        cost_record: CostRecord = _new_tuple(CostRecord, (
-            tenant_id, request_id, model_version, input_tokens, output_tokens, cost, True,
-            _time_ns(),
-        ))
-        usage = self._usage(tenant_id, model_version, prompt_version, input_tokens,
-                            output_tokens)
-        tracing = self._tracing
-        rng = tracing._rng  # read per call: replaced in a forked child
-        if event_id is None:
-            # The string TracingService.new_id() formats (24 hex digits), without the
-            # method call and ~3x cheaper: int formatting with a width is slow.
-            event_id = "gen-" + rng.getrandbits(96).to_bytes(12, "big").hex()
-        attributes = _generation_attributes(
-            tenant_id, model_version, prompt_version, input_tokens, output_tokens, cost_usd,
-            True, event_id, provider, parent.correlation_id if parent is not None else None,
-            request_id,
-        )
-        outbox = parent.outbox if parent is not None else None
-        if parent is None or outbox is None or not outbox.open:
-            self._costs.send_record(cost_record)
-            self._metrics.send(Batch(usage), 4)
-            record = tracing.record_finished(
-                name, "generation", end_ns - duration_ns, end_ns, attributes, current)
-            result: Generation = _new_tuple(
-                Generation, (event_id, cost, True, record[0], record[1]))
-            return result
-        # Inside a batched workflow run: what record_finished() does for a local
-        # parent with an open outbox, the same span id draw and the same record.
-        trace_id = parent.trace_id
-        span_id = rng.getrandbits(64) or 1
-        outbox.costs.append(cost_record)
-        metrics = outbox.metrics
-        metrics.extend(usage)
-        if parent.sampled:
-            spans = outbox.spans
-            spans.append((
-                trace_id, span_id, parent.span_id, name, "generation", end_ns - duration_ns,
-                end_ns, "ok", None, None, attributes, (), False,
-            ))
-            if not outbox.open or len(spans) + len(metrics) >= outbox.limit:
-                tracing.send_outbox(outbox)  # closed by its root meanwhile, or a long run
-        elif not outbox.open:  # closed by its root meanwhile: send it ourselves
-            tracing.send_outbox(outbox)
-        result = _new_tuple(Generation, (event_id, cost, True, trace_id, span_id))
-        return result
-
-    def _log_generation_checked(
-        self,
-        end_ns: int,
-        current: Span | SpanContext | None,
-        parent: Span | None,
-        *,
-        tenant_id: str,
-        model_version: str,
-        prompt_version: str,
-        input_tokens: int,
-        output_tokens: int,
-        latency: float,
-        estimated_cost: Decimal | None,
-        event_id: str | None,
-        request_id: str | None,
-        name: str,
-        provider: str,
-        metadata: Mapping[str, AttributeValue] | None,
-    ) -> Generation:
-        """:meth:`log_generation_sync` for every call its fast path does not take.
-
-        Checks each argument in turn (the first bad one raises, with its own
-        message), applies the unpriced policy through
-        :meth:`CostTracker.build_record`, and records the generation.
-        ``current`` is the current span or remote context, ``parent`` the
-        current local span (or ``None``), and ``request_id`` already defaults
-        to the parent's.
-        """
-        for field, text in (("prompt_version", prompt_version), ("name", name),
-                            ("provider", provider)):
-            if type(text) is not str:
-                raise TypeError(f"{field} must be a str, got {type(text).__name__}")
-            if not text:
-                raise ValueError(f"{field} must not be empty")
-        if type(latency) is not float and type(latency) is not int:
-            raise TypeError(f"latency must be a float (seconds), got {type(latency).__name__}")
-        if not 0 <= latency < math.inf:
-            raise ValueError(f"latency must be finite and >= 0 seconds, got {latency!r}")
-        duration_ns = round(latency * 1e9) if latency <= end_ns / 1e9 else -1
-        if not 0 <= duration_ns <= end_ns:  # the start would precede the Unix epoch
-            raise ValueError(f"latency must not exceed the time since the epoch, got {latency!r}")
-        if event_id is not None and (type(event_id) is not str or not event_id):
-            raise ValueError("event_id must be a non-empty str")
-        # Everything is checked before anything is sent: a refused call records nothing.
+        check_id("operation", operation, max_length=max_id)
+        check_id("provider", provider, max_length=max_id)
+        check_id("model_version", model_version, max_length=max_id)
+        if response_model is None:
+            response_model = model_version
+        else:
+            check_id("response_model", response_model, max_length=max_id)
+        latency = check_number("latency", latency, maximum=limits.max_latency_seconds)
+        if error is not None and not isinstance(error, BaseException):
+            raise TypeError(f"error must be an exception, got {type(error).__name__}")
+        extra: dict[str, AttributeValue] = {}
         if metadata is not None:
             if not isinstance(metadata, Mapping):
                 raise TypeError(f"metadata must be a mapping, got {type(metadata).__name__}")
             for key, value in metadata.items():
-                try:
-                    _check_attribute(key, value)
-                except (TypeError, ValueError) as exc:
-                    raise type(exc)(f"metadata: {exc}") from None
-        cost_record = self._costs.build_record(
-            tenant_id=tenant_id, model_version=model_version, input_tokens=input_tokens,
-            output_tokens=output_tokens, request_id=request_id, cost=estimated_cost,
-        )
-        cost, priced = cost_record.cost, cost_record.priced
-        usage = self._usage(tenant_id, model_version, prompt_version, input_tokens,
-                            output_tokens)
-        outbox = parent.outbox if parent is not None else None
-        if outbox is not None and not outbox.open:
-            outbox = None
-        if outbox is not None:  # inside a batched workflow run: enqueued when it ends
-            outbox.costs.append(cost_record)
-            outbox.metrics.extend(usage)
-            if not outbox.open:  # closed by its root meanwhile: send it ourselves
-                self._tracing.send_outbox(outbox)
-        else:
-            self._costs.send_record(cost_record)
-            self._metrics.send(Batch(usage), len(usage))
+                extra[key] = check_attribute(key, value, max_length=limits.max_attribute_length)
         if event_id is None:
-            event_id = f"gen-{self._tracing.new_id()}"
-        attributes = _generation_attributes(
-            tenant_id, model_version, prompt_version, input_tokens, output_tokens, str(cost),
-            priced, event_id, provider, parent.correlation_id if parent is not None else None,
-            request_id,
-        )
-        if metadata:
-            taken = set(attributes[::2])
-            for key, value in metadata.items():
-                if key not in taken:
-                    attributes += (key, value)
-        record = self._tracing.record_finished(
-            name, "generation", end_ns - duration_ns, end_ns, attributes, current
-        )
-        result: Generation = _new_tuple(Generation, (event_id, cost, priced, record[0], record[1]))
-        return result
+            event_id = f"gen-{tracing.new_id()}"
+        if error is None:  # the cost door checks the ids and token counts
+            cost_record = self._costs.build_record(
+                tenant_id=tenant_id, model_version=model_version, input_tokens=input_tokens,
+                output_tokens=output_tokens, request_id=request_id,
+                prompt_version=prompt_version, cost=estimated_cost, event_id=event_id,
+            )
+            cost, priced = cost_record.cost, cost_record.priced
+        else:  # a failed call is not billed, but its arguments are held to the same rules
+            check_id("tenant_id", tenant_id, max_length=max_id)
+            check_id("prompt_version", prompt_version, max_length=max_id)
+            check_id("event_id", event_id, max_length=max_id)
+            if request_id is not None:
+                check_id("request_id", request_id, max_length=max_id)
+            check_count("input_tokens", input_tokens, maximum=limits.max_tokens_per_call)
+            check_count("output_tokens", output_tokens, maximum=limits.max_tokens_per_call)
+            cost_record, cost, priced = None, Decimal(0), False
+        # Everything is checked: from here on nothing raises, so a refused call records nothing.
 
-    def _usage(
-        self, tenant_id: str, model_version: str, prompt_version: str, input_tokens: int,
-        output_tokens: int,
-    ) -> tuple[tuple[str, Labels, int], ...]:
-        """The four usage records of a generation.
+        # Label values in each family's declared order (see the catalog).
+        gen_ai = (operation, provider, model_version, response_model)
+        error_type = exception_type_name(error) if error is not None else None
+        metrics: list[MetricRecord] = [
+            self._duration.labels(*gen_ai, error_type or "none").record(latency),
+        ]
+        if cost_record is not None:
+            metrics += (
+                self._model_usage.labels(model_version, tenant_id).record(1),
+                self._prompt_usage.labels(prompt_version, tenant_id).record(1),
+                self._tokens.labels(tenant_id, model_version, "input").record(input_tokens),
+                self._tokens.labels(tenant_id, model_version, "output").record(output_tokens),
+                self._token_histogram.labels(*gen_ai, "input").record(input_tokens),
+                self._token_histogram.labels(*gen_ai, "output").record(output_tokens),
+            )
 
-        Plain (metric, labels, value) tuples sharing ready-made labels: see
-        collectors.records on why both matter to the garbage collector.
-        """
-        labels = self._usage_labels.get((tenant_id, model_version, prompt_version))
-        if labels is None:
-            labels = self._usage_label_sets(tenant_id, model_version, prompt_version)
-        model, prompt, tokens_in, tokens_out = labels
-        return (
-            ("model_usage_count", model, 1),
-            ("prompt_usage_count", prompt, 1),
-            ("token_usage", tokens_in, input_tokens),
-            ("token_usage", tokens_out, output_tokens),
-        )
-
-    def _usage_label_sets(
-        self, tenant_id: str, model_version: str, prompt_version: str
-    ) -> tuple[Labels, Labels, Labels, Labels]:
-        labels = (
-            (("model_version", model_version), ("tenant_id", tenant_id)),
-            (("prompt_version", prompt_version), ("tenant_id", tenant_id)),
-            (("direction", "input"), ("model_version", model_version), ("tenant_id", tenant_id)),
-            (("direction", "output"), ("model_version", model_version), ("tenant_id", tenant_id)),
-        )
-        if len(self._usage_labels) >= _LABEL_CACHE_SIZE:  # a tenant flood must not grow it
-            self._usage_labels.clear()
-        self._usage_labels[(tenant_id, model_version, prompt_version)] = labels
-        return labels
+        attributes: dict[str, AttributeValue] = {
+            "gen_ai.operation.name": operation,
+            "gen_ai.provider.name": provider,
+            "gen_ai.request.model": model_version,
+            "gen_ai.response.model": response_model,
+            "gen_ai.usage.input_tokens": input_tokens,
+            "gen_ai.usage.output_tokens": output_tokens,
+            "gen_ai.usage.cost.amount": float(cost),
+            "gen_ai.usage.cost.currency": COST_CURRENCY,
+            "prompt_version": prompt_version,
+            "event_id": event_id,
+            "priced": priced,
+        }
+        if error_type is not None:
+            attributes["error.type"] = error_type
+        for key, value in extra.items():  # metadata never overrides what the engine records
+            if key not in attributes and key not in _IDENTITY_KEYS:
+                attributes[key] = value
+        name = f"{operation} {model_version}"[:max_id]
+        start_ns = end_ns - round(latency * 1e9)
+        if parent is not None and (parent.tenant_id, parent.request_id) == (tenant_id, request_id):
+            span = tracing.start_span_sync(name, kind="generation", start_ns=start_ns)
+        else:  # not the parent's identity: the span carries its own
+            span = tracing.start_span_sync(name, kind="generation", start_ns=start_ns,
+                                           tenant_id=tenant_id, request_id=request_id)
+        # Every value above was checked at this door: the attributes are set as
+        # they are (beside what the span already has, such as a clamped start).
+        if span.attributes:
+            attributes.update(span.attributes)
+        span.attributes = attributes
+        if cost_record is not None:
+            span.sink.add_cost(cost_record)
+        tracing.end_span_sync(span, error=error, metrics=metrics)
+        return Generation(event_id, cost, priced, span.trace_id, span.span_id)
 
     async def log_generation(self, **kwargs: object) -> Generation:
         """Async form of :meth:`log_generation_sync` (same keyword arguments)."""
         return self.log_generation_sync(**kwargs)  # type: ignore[arg-type]
-
-
-def _generation_attributes(
-    tenant_id: str, model_version: str, prompt_version: str, input_tokens: int,
-    output_tokens: int, cost_usd: str, priced: bool, event_id: str, provider: str,
-    correlation_id: str | None, request_id: str | None,
-) -> tuple[AttributeValue, ...]:
-    """A generation span's attributes, flat: the records' wire form (collectors.records)."""
-    attributes: tuple[AttributeValue, ...] = (
-        "tenant_id", tenant_id,
-        "model_version", model_version,
-        "prompt_version", prompt_version,
-        "input_tokens", input_tokens,
-        "output_tokens", output_tokens,
-        "cost_usd", cost_usd,
-        "priced", priced,
-        "event_id", event_id,
-        "provider", provider,
-    )
-    if correlation_id is not None:
-        attributes += ("correlation_id", correlation_id)
-    if request_id is not None:
-        attributes += ("request_id", request_id)
-    return attributes

@@ -1,23 +1,36 @@
-"""OTLP/JSON export of finished spans, and an optional OTLP/HTTP sender.
+"""OTLP export of finished spans: one protobuf message, two encodings, an HTTP sender.
 
-:func:`spans_to_otlp` turns :class:`~collectors.records.SpanRecord` objects
-into one ``ExportTraceServiceRequest`` in the OTLP/JSON encoding
-(https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding), which
-differs from protobuf's generic proto3 JSON mapping in two ways that matter
-here:
+:func:`build_trace_request` turns :class:`~collectors.records.SpanRecord`
+objects into one OTLP ``ExportTraceServiceRequest`` protobuf message (the
+``opentelemetry-proto`` classes). Both wire encodings come from that one
+message:
 
-* ``traceId``, ``spanId`` and ``parentSpanId`` are lowercase **hex** strings,
-  not base64 (a stock proto3 JSON parser would mis-decode them);
-* enums (``kind``, ``status.code``) are integers, never their names.
+* **binary protobuf** (``http/protobuf``, the default): the message's
+  ``SerializeToString()``. The OTLP specification makes it the encoding every
+  OTLP/HTTP receiver must accept (Arize Phoenix takes nothing else);
+* **OTLP/JSON** (``http/json``, and the ``traces.otlp.json`` file):
+  :func:`spans_to_otlp`, protobuf's ``json_format`` with the two changes the
+  OTLP/JSON rules make to proto3 JSON
+  (https://opentelemetry.io/docs/specs/otlp/#json-protobuf-encoding):
+  ``traceId``/``spanId``/``parentSpanId`` are lowercase **hex**, not base64,
+  and enums (``kind``, ``status.code``) are integers. As in proto3 JSON,
+  field names are lowerCamelCase and 64-bit integers are decimal strings.
 
-As in proto3 JSON, 64-bit integers (timestamps, ``intValue``) are decimal
-strings. Generation spans also carry the OpenTelemetry GenAI semantic
-convention names (``gen_ai.*``) beside the engine's own attribute keys.
+Span attributes are passed through as recorded (generation spans already
+carry the OpenTelemetry GenAI names, ``gen_ai.*``), except the deprecated
+``gen_ai.system``, which is never sent. The encoder adds the OpenInference
+attributes that LLM-aware backends such as Arize Phoenix read
+(``openinference.span.kind``, and for generations ``llm.model_name``,
+``llm.provider`` and ``llm.token_count.*``), derived from the ``gen_ai.*``
+ones; an attribute the record already carries wins.
 
-:func:`write_otlp_json` writes that document to a file atomically.
-:class:`OtlpHttpSender` POSTs it to an OTLP/HTTP receiver (a collector's
-``/v1/traces``); it uses only the standard library, is off unless something
-constructs it, and reports network failures as ``False`` instead of raising.
+:class:`OtlpConfig` resolves the exporter configuration once, from the
+settings and the standard ``OTEL_*`` environment variables (explicit
+settings win). :class:`OtlpHttpSender` POSTs requests to an OTLP/HTTP
+receiver; it uses only the standard library for HTTP, is off unless
+something constructs it, and reports network failures as ``False`` instead
+of raising. :func:`write_otlp_json` writes the OTLP/JSON document to a file
+atomically.
 
 Nothing here touches a collector's store: callers pass spans they already hold
 (for example a snapshot read from the trace collector), so these functions may
@@ -26,76 +39,116 @@ run on any thread.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import gzip
 import http.client
 import json
 import math
 import os
+import re
 import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Final, TypedDict, Unpack
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any, Final, Literal, TypedDict, Unpack, cast, get_args
+from urllib.parse import unquote, urlsplit
 
-import structlog
+from google.protobuf import json_format
+from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+from opentelemetry.proto.trace.v1.trace_pb2 import (
+    SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK,
+    SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK,
+    Span,
+    Status,
+)
 
-from collectors.records import AttributeValue, SpanEvent, SpanRecord
+from app.observability._http import no_redirect_opener, read_error_body
+from app.observability.validation import preview
+from collectors.logs import get_logger
+from collectors.records import AttributeValue, SpanRecord
+
+if TYPE_CHECKING:
+    from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
+    from app.observability.settings import ObservabilitySettings
 
 __all__ = (
+    "OtlpCompression",
+    "OtlpConfig",
     "OtlpHttpSender",
+    "OtlpProtocol",
     "OtlpResourceOptions",
+    "build_trace_request",
+    "resolve_resource",
     "spans_to_otlp",
     "write_otlp_json",
 )
 
-_logger = structlog.get_logger(__name__)
+_logger = get_logger(__name__)
 
-# --- OTLP enum values (opentelemetry/proto/trace/v1/trace.proto) ---
-_SPAN_KIND_UNSPECIFIED: Final = 0
-_SPAN_KIND_INTERNAL: Final = 1
-_SPAN_KIND_SERVER: Final = 2
-_SPAN_KIND_CLIENT: Final = 3
+#: The OTLP/HTTP encodings (``OTEL_EXPORTER_OTLP_PROTOCOL`` values); gRPC is not offered.
+OtlpProtocol = Literal["http/protobuf", "http/json"]
+#: Request body compression (``OTEL_EXPORTER_OTLP_COMPRESSION`` values).
+OtlpCompression = Literal["gzip", "none"]
+
+_PROTOCOLS: Final[tuple[str, ...]] = get_args(OtlpProtocol)
+_COMPRESSIONS: Final[tuple[str, ...]] = get_args(OtlpCompression)
+_CONTENT_TYPES: Final[Mapping[str, str]] = MappingProxyType({
+    "http/protobuf": "application/x-protobuf",
+    "http/json": "application/json",
+})
 
 #: A workflow run serves one risk request (SERVER); a generation calls a model
 #: (CLIENT); nodes and plain internal spans are INTERNAL.
-_SPAN_KINDS: Final[Mapping[str, int]] = MappingProxyType({
-    "workflow": _SPAN_KIND_SERVER,
-    "node": _SPAN_KIND_INTERNAL,
-    "generation": _SPAN_KIND_CLIENT,
-    "internal": _SPAN_KIND_INTERNAL,
+_SPAN_KINDS: Final[Mapping[str, Span.SpanKind.ValueType]] = MappingProxyType({
+    "workflow": Span.SPAN_KIND_SERVER,
+    "node": Span.SPAN_KIND_INTERNAL,
+    "generation": Span.SPAN_KIND_CLIENT,
+    "internal": Span.SPAN_KIND_INTERNAL,
 })
 
-_STATUS_CODE_OK: Final = 1
-_STATUS_CODE_ERROR: Final = 2
+#: OpenInference span kinds (what Phoenix groups and renders spans by).
+_OPENINFERENCE_KINDS: Final[Mapping[str, str]] = MappingProxyType({
+    "workflow": "CHAIN",
+    "node": "CHAIN",
+    "generation": "LLM",
+})
 
-#: ``SpanFlags``: bit 8 says whether the parent is remote is known, bit 9 says
-#: it is remote (the SDK's OTLP encoder sets bit 8 on every span).
-_FLAG_HAS_IS_REMOTE: Final = 0x100
-_FLAG_IS_REMOTE: Final = 0x200
+#: Replaced by ``gen_ai.provider.name`` in the GenAI conventions; never sent.
+_DEPRECATED_KEYS: Final = frozenset({"gen_ai.system"})
 
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 
-#: Keys that :func:`spans_to_otlp` owns through its keyword arguments.
+#: Keys that :func:`build_trace_request` owns through its keyword arguments.
 _RESERVED_RESOURCE_KEYS: Final = frozenset({"service.name", "service.version"})
 
-#: Strict JSON: no NaN/Infinity literals (non-finite doubles are encoded as the
-#: proto3 JSON strings ``"NaN"``/``"Infinity"``/``"-Infinity"`` instead).
+#: Strict JSON: no NaN/Infinity literals (json_format writes non-finite doubles
+#: as the proto3 JSON strings ``"NaN"``/``"Infinity"``/``"-Infinity"``).
 _JSON_OPTIONS: Final[Mapping[str, Any]] = MappingProxyType({
     "ensure_ascii": False,
     "separators": (",", ":"),
     "allow_nan": False,
 })
 
+_ID_FIELDS: Final = ("traceId", "spanId", "parentSpanId")
+
 
 class OtlpResourceOptions(TypedDict, total=False):
-    """The keyword arguments of :func:`spans_to_otlp` besides the spans.
+    """The keyword arguments of :func:`build_trace_request` besides the spans.
 
-    :func:`write_otlp_json` and :meth:`OtlpHttpSender.send` pass them through.
+    :func:`spans_to_otlp`, :func:`write_otlp_json` and
+    :meth:`OtlpHttpSender.send` pass them through.
     """
 
     service_name: str
@@ -108,120 +161,107 @@ class OtlpResourceOptions(TypedDict, total=False):
 # --- encoding -------------------------------------------------------------
 
 
-def _any_value(value: object) -> dict[str, Any]:
-    """Encode one attribute value as an OTLP/JSON ``AnyValue``.
+def _set_text(message: Any, name: str, value: str) -> None:
+    """Set a protobuf ``string`` field; lone surrogates (not UTF-8) become ``?``."""
+    try:
+        setattr(message, name, value)
+    except UnicodeEncodeError:
+        setattr(message, name, value.encode("utf-8", "replace").decode("utf-8"))
+
+
+def _set_any_value(target: AnyValue, value: object) -> None:
+    """Set one attribute value on an ``AnyValue``.
 
     Exact built-in types take the fast path; subclasses (``StrEnum``,
-    ``IntEnum``) are normalised to their base type; anything else
-    (``Decimal``, ``None``...) becomes the ``stringValue`` of ``str(value)``.
+    ``IntEnum``) are normalised to their base type; an int outside int64 and
+    anything else (``Decimal``, ``None``...) become the ``stringValue`` of
+    ``str(value)``.
     """
-    if type(value) is str:
-        return {"stringValue": value}
-    if type(value) is bool:
-        return {"boolValue": value}
-    if type(value) is int:
-        return _int_value(value)
-    if type(value) is float:
-        return _double_value(value)
     if isinstance(value, str):
-        return {"stringValue": str.__str__(value)}
-    if isinstance(value, int):  # bool cannot be subclassed, so never a bool here
-        return _int_value(int(value))
-    if isinstance(value, float):
-        return _double_value(float(value))
-    return {"stringValue": str(value)}
+        _set_text(target, "string_value", str.__str__(value))
+    elif isinstance(value, bool):
+        target.bool_value = value
+    elif isinstance(value, int):
+        number = int(value)
+        if _INT64_MIN <= number <= _INT64_MAX:
+            target.int_value = number
+        else:
+            target.string_value = str(number)
+    elif isinstance(value, float):
+        target.double_value = float(value)
+    else:
+        _set_text(target, "string_value", str(value))
 
 
-def _int_value(value: int) -> dict[str, Any]:
-    """An ``intValue`` (int64 as a decimal string), or a string if out of range."""
-    if _INT64_MIN <= value <= _INT64_MAX:
-        return {"intValue": str(value)}
-    return {"stringValue": str(value)}
+def _add_key_values(
+    target: RepeatedCompositeFieldContainer[KeyValue], attributes: Mapping[str, object]
+) -> None:
+    """Append a mapping's items as ``KeyValue`` messages (keys are unique)."""
+    for key, value in attributes.items():
+        item = target.add()
+        _set_text(item, "key", key)
+        _set_any_value(item.value, value)
 
 
-def _double_value(value: float) -> dict[str, Any]:
-    """A ``doubleValue``; non-finite values use the proto3 JSON string forms."""
-    if math.isfinite(value):
-        return {"doubleValue": value}
-    if math.isnan(value):
-        return {"doubleValue": "NaN"}
-    return {"doubleValue": "Infinity" if value > 0 else "-Infinity"}
+def _add_openinference(kind: str, attrs: dict[str, object]) -> None:
+    """Add the OpenInference attributes Phoenix reads, derived from ``gen_ai.*``.
 
-
-def _key_values(attributes: Mapping[str, object]) -> list[dict[str, Any]]:
-    """Encode a mapping as a list of OTLP ``KeyValue`` objects (keys are unique)."""
-    return [{"key": key, "value": _any_value(value)} for key, value in attributes.items()]
-
-
-def _add_gen_ai_attributes(attrs: dict[str, object]) -> None:
-    """Add the OTel GenAI semantic-convention names for a generation span.
-
-    The engine's own keys stay; a ``gen_ai.*`` key the record already carries
-    wins over the derived one.
+    ``setdefault`` throughout: a key the record carries wins.
     """
-    model = attrs.get("model_version")
+    span_kind = _OPENINFERENCE_KINDS.get(kind)
+    if span_kind is None:
+        return
+    attrs.setdefault("openinference.span.kind", span_kind)
+    if kind != "generation":
+        return
+    model = attrs.get("gen_ai.response.model") or attrs.get("gen_ai.request.model")
     if model is not None:
-        attrs.setdefault("gen_ai.request.model", model)
-        attrs.setdefault("gen_ai.response.model", model)
-    input_tokens = attrs.get("input_tokens")
-    if input_tokens is not None:
-        attrs.setdefault("gen_ai.usage.input_tokens", input_tokens)
-    output_tokens = attrs.get("output_tokens")
-    if output_tokens is not None:
-        attrs.setdefault("gen_ai.usage.output_tokens", output_tokens)
-    attrs.setdefault("gen_ai.operation.name", attrs.get("operation", "chat"))
-    provider = attrs.get("provider", "simulated")
-    attrs.setdefault("gen_ai.provider.name", provider)  # current semantic conventions
-    attrs.setdefault("gen_ai.system", provider)  # its deprecated name, still widely read
+        attrs.setdefault("llm.model_name", model)
+    provider = attrs.get("gen_ai.provider.name")
+    if provider is not None:
+        attrs.setdefault("llm.provider", provider)
+    prompt = attrs.get("gen_ai.usage.input_tokens")
+    completion = attrs.get("gen_ai.usage.output_tokens")
+    if type(prompt) is int:
+        attrs.setdefault("llm.token_count.prompt", prompt)
+    if type(completion) is int:
+        attrs.setdefault("llm.token_count.completion", completion)
+    if type(prompt) is int and type(completion) is int:
+        attrs.setdefault("llm.token_count.total", prompt + completion)
 
 
-def _event(event: SpanEvent) -> dict[str, Any]:
-    """Encode one span event."""
-    return {
-        "timeUnixNano": str(event.time_ns),
-        "name": event.name,
-        "attributes": _key_values(dict(event.attributes)),
-    }
+def _add_event(target: Span, name: str, time_ns: int, attributes: Mapping[str, object]) -> None:
+    event = target.events.add()
+    event.time_unix_nano = time_ns
+    _set_text(event, "name", name)
+    _add_key_values(event.attributes, attributes)
 
 
-def _status(span: SpanRecord) -> dict[str, Any]:
-    """Encode the span status: ``ok`` -> OK, ``error`` -> ERROR, else unset."""
-    if span.status == "ok":
-        return {"code": _STATUS_CODE_OK}
-    if span.status == "error":
-        status: dict[str, Any] = {"code": _STATUS_CODE_ERROR}
-        message = span.error_message or span.error_type
-        if message:
-            status["message"] = message
-        return status
-    return {}
-
-
-def _span(span: SpanRecord) -> dict[str, Any]:
-    """Encode one finished span as an OTLP/JSON ``Span``."""
-    out: dict[str, Any] = {
-        "traceId": f"{span.trace_id:032x}",
-        "spanId": f"{span.span_id:016x}",
-    }
+def _fill_span(target: Span, span: SpanRecord) -> None:
+    """Encode one finished span into ``target``."""
+    target.trace_id = span.trace_id.to_bytes(16, "big")
+    target.span_id = span.span_id.to_bytes(8, "big")
     if span.parent_span_id:
-        out["parentSpanId"] = f"{span.parent_span_id:016x}"
-    out["flags"] = (_FLAG_HAS_IS_REMOTE | _FLAG_IS_REMOTE) if span.remote_parent else (
-        _FLAG_HAS_IS_REMOTE
+        target.parent_span_id = span.parent_span_id.to_bytes(8, "big")
+    target.flags = SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE_MASK | (
+        SPAN_FLAGS_CONTEXT_IS_REMOTE_MASK if span.remote_parent else 0
     )
-    out["name"] = span.name
+    _set_text(target, "name", span.name)
     kind = span.kind
-    out["kind"] = _SPAN_KINDS.get(kind, _SPAN_KIND_UNSPECIFIED)
-    out["startTimeUnixNano"] = str(span.start_ns)
-    out["endTimeUnixNano"] = str(span.end_ns)
+    target.kind = _SPAN_KINDS.get(kind, Span.SPAN_KIND_UNSPECIFIED)
+    target.start_time_unix_nano = span.start_ns
+    target.end_time_unix_nano = span.end_ns
 
     # One dict per span: it makes keys unique (last value wins, as in
-    # ``SpanRecord.attrs``) and is where the GenAI names are added.
-    attrs: dict[str, object] = dict(span.attributes)
-    if kind == "generation":
-        _add_gen_ai_attributes(attrs)
-    out["attributes"] = _key_values(attrs)
+    # ``SpanRecord.attrs``) and is where the OpenInference names are added.
+    attrs: dict[str, object] = {
+        key: value for key, value in span.attributes if key not in _DEPRECATED_KEYS
+    }
+    _add_openinference(kind, attrs)
+    _add_key_values(target.attributes, attrs)
 
-    events = [_event(event) for event in span.events]
+    for event in span.events:
+        _add_event(target, event.name, event.time_ns, dict(event.attributes))
     if (
         span.status == "error"
         and (span.error_type or span.error_message)
@@ -232,18 +272,18 @@ def _span(span: SpanRecord) -> dict[str, Any]:
             exc_attrs["exception.type"] = span.error_type
         if span.error_message:
             exc_attrs["exception.message"] = span.error_message
-        events.append({
-            "timeUnixNano": str(span.end_ns),
-            "name": "exception",
-            "attributes": _key_values(exc_attrs),
-        })
-    if events:
-        out["events"] = events
-    out["status"] = _status(span)
-    return out
+        _add_event(target, "exception", span.end_ns, exc_attrs)
+
+    if span.status == "ok":
+        target.status.code = Status.STATUS_CODE_OK
+    elif span.status == "error":
+        target.status.code = Status.STATUS_CODE_ERROR
+        message = span.error_message or span.error_type
+        if message:
+            _set_text(target.status, "message", message)
 
 
-def spans_to_otlp(
+def build_trace_request(
     spans: Iterable[SpanRecord],
     *,
     service_name: str = "ai-risk-engine",
@@ -251,17 +291,18 @@ def spans_to_otlp(
     resource_attributes: Mapping[str, AttributeValue] | None = None,
     scope_name: str = "ai-risk-engine.observability",
     scope_version: str | None = None,
-) -> dict[str, Any]:
-    """Build an OTLP/JSON ``ExportTraceServiceRequest`` from finished spans.
+) -> ExportTraceServiceRequest:
+    """Build one OTLP ``ExportTraceServiceRequest`` message from finished spans.
 
     All spans go under one resource and one instrumentation scope. Span kinds
-    map as workflow -> SERVER (2), node -> INTERNAL (1), generation -> CLIENT
-    (3), internal -> INTERNAL (1); an unknown kind is UNSPECIFIED (0). Status
-    ``ok`` -> ``{"code": 1}``, ``error`` -> ``{"code": 2, "message": ...}``,
-    anything else -> ``{}`` (unset). An error span with ``error_type`` or
-    ``error_message`` and no ``exception`` event gets one, stamped at the
-    span's end. ``flags`` carries ``0x100`` (remoteness of the parent known)
-    and, for a remote parent, ``0x200``.
+    map as workflow -> SERVER, node -> INTERNAL, generation -> CLIENT,
+    internal -> INTERNAL; an unknown kind is UNSPECIFIED. Status ``ok`` -> OK,
+    ``error`` -> ERROR with the error message (or type), anything else ->
+    unset. An error span with ``error_type`` or ``error_message`` and no
+    ``exception`` event gets one, stamped at the span's end. ``flags``
+    carries ``0x100`` (remoteness of the parent known) and, for a remote
+    parent, ``0x200``. Workflow and node spans are OpenInference ``CHAIN``
+    spans, generations ``LLM`` spans (see the module docstring).
 
     Args:
         spans: The finished spans; iterated once.
@@ -273,9 +314,7 @@ def spans_to_otlp(
         scope_version: The instrumentation scope version, if any.
 
     Returns:
-        The request as plain ``dict``/``list``/``str``/``int``/``float``
-        values, ready for :func:`json.dumps`. It is freshly built: no part of
-        it is shared with another call.
+        A new message; ``SerializeToString()`` gives the protobuf body.
 
     Raises:
         ValueError: ``resource_attributes`` sets ``service.name`` or
@@ -292,26 +331,61 @@ def spans_to_otlp(
                 "pass service_name=/service_version= instead"
             )
         resource.update(resource_attributes)
-    scope: dict[str, Any] = {"name": scope_name}
+    request = ExportTraceServiceRequest()
+    resource_spans = request.resource_spans.add()
+    _add_key_values(resource_spans.resource.attributes, resource)
+    scope_spans = resource_spans.scope_spans.add()
+    _set_text(scope_spans.scope, "name", scope_name)
     if scope_version is not None:
-        scope["version"] = scope_version
-    return {
-        "resourceSpans": [
-            {
-                "resource": {"attributes": _key_values(resource)},
-                "scopeSpans": [{"scope": scope, "spans": [_span(span) for span in spans]}],
-            }
-        ]
-    }
+        _set_text(scope_spans.scope, "version", scope_version)
+    add = scope_spans.spans.add
+    for span in spans:
+        _fill_span(add(), span)
+    return request
 
 
-def _span_count(document: Mapping[str, Any]) -> int:
-    """Count the spans in a request built by :func:`spans_to_otlp`."""
+def _span_count(request: ExportTraceServiceRequest) -> int:
     return sum(
-        len(scope_spans["spans"])
-        for resource_spans in document["resourceSpans"]
-        for scope_spans in resource_spans["scopeSpans"]
+        len(scope_spans.spans)
+        for resource_spans in request.resource_spans
+        for scope_spans in resource_spans.scope_spans
     )
+
+
+def _to_otlp_json(request: ExportTraceServiceRequest) -> dict[str, Any]:
+    """The OTLP/JSON form of a request: proto3 JSON with hex ids and integer enums."""
+    document: dict[str, Any] = json_format.MessageToDict(request, use_integers_for_enums=True)
+    for resource_spans in document.get("resourceSpans", ()):
+        for scope_spans in resource_spans.get("scopeSpans", ()):
+            for span in scope_spans.get("spans", ()):
+                for name in _ID_FIELDS:
+                    value = span.get(name)
+                    if value is not None:
+                        span[name] = base64.b64decode(value).hex()
+    return document
+
+
+def spans_to_otlp(
+    spans: Iterable[SpanRecord], **kw: Unpack[OtlpResourceOptions]
+) -> dict[str, Any]:
+    """Build the OTLP/JSON form of :func:`build_trace_request`'s message.
+
+    Fields at their default value (an unset status, a zero count) are left
+    out, as proto3 JSON does; receivers read them as their defaults.
+
+    Args:
+        spans: The finished spans; iterated once.
+        **kw: The resource and scope options of :func:`build_trace_request`.
+
+    Returns:
+        The request as plain ``dict``/``list``/``str``/``int``/``float``
+        values, ready for :func:`json.dumps`. It is freshly built: no part of
+        it is shared with another call.
+
+    Raises:
+        ValueError: Bad options (see :func:`build_trace_request`).
+    """
+    return _to_otlp_json(build_trace_request(spans, **kw))
 
 
 def write_otlp_json(
@@ -324,23 +398,24 @@ def write_otlp_json(
     The compact UTF-8 JSON is written to a temporary file in the target's
     directory, flushed to disk and moved over ``path`` with :func:`os.replace`:
     a reader sees the old file or the new one, never a partial one. On any
-    error the temporary file is removed and the exception propagates. Like
-    any :mod:`tempfile` file, the result is readable by its owner only (mode
-    ``0o600``). Unencodable lone surrogates in strings are written as ``?``.
+    error the temporary file is removed and the exception propagates. The
+    file is an ordinary ``0o644`` file. Unencodable lone surrogates in strings
+    are written as ``?``.
 
     Args:
         path: The destination file.
         spans: The finished spans; iterated once.
-        **kw: The resource and scope options of :func:`spans_to_otlp`.
+        **kw: The resource and scope options of :func:`build_trace_request`.
 
     Returns:
         The number of spans written.
 
     Raises:
-        ValueError: Bad options (see :func:`spans_to_otlp`).
+        ValueError: Bad options (see :func:`build_trace_request`).
         OSError: The file could not be written.
     """
-    document = spans_to_otlp(spans, **kw)
+    request = build_trace_request(spans, **kw)
+    document = _to_otlp_json(request)
     target = os.fspath(path)
     directory, name = os.path.split(os.path.abspath(target))
     fd, tmp_path = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
@@ -355,33 +430,223 @@ def write_otlp_json(
         with contextlib.suppress(OSError):  # keep the original error
             os.unlink(tmp_path)
         raise
-    return _span_count(document)
+    return _span_count(request)
+
+
+# --- configuration ----------------------------------------------------------
+
+#: An HTTP header name (RFC 9110 token).
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def _env(environ: Mapping[str, str], *names: str) -> tuple[str, str] | None:
+    """The first of ``names`` set to a non-empty value, as ``(name, value)``.
+
+    The OTel specification reads an empty variable as unset.
+    """
+    for name in names:
+        value = environ.get(name, "").strip()
+        if value:
+            return name, value
+    return None
+
+
+def _parse_pairs(variable: str, text: str) -> dict[str, str]:
+    """Parse ``key1=value1,key2=value2`` (values URL-decoded), as OTel specifies.
+
+    Errors name the variable and the entry's position, never its value (a
+    header value may be a secret).
+    """
+    pairs: dict[str, str] = {}
+    for index, entry in enumerate(text.split(","), start=1):
+        if not entry.strip():
+            continue
+        key, sep, value = entry.partition("=")
+        key = unquote(key.strip())
+        if not sep or not key:
+            raise ValueError(f"{variable}: entry {index} is not KEY=VALUE")
+        pairs[key] = unquote(value.strip())
+    return pairs
+
+
+def _traces_url(base: str) -> str:
+    """``OTEL_EXPORTER_OTLP_ENDPOINT`` is a base URL: the traces path is appended."""
+    return base.rstrip("/") + "/v1/traces"
+
+
+def _check_choice(source: str, value: str, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        allowed = ", ".join(repr(choice) for choice in choices)
+        raise ValueError(f"{source} must be one of {allowed}, got {preview(value)}")
+    return value
+
+
+def _explicit(settings: ObservabilitySettings, name: str) -> bool:
+    """Whether a settings field was given explicitly (not left at its default)."""
+    return name in settings.model_fields_set
+
+
+def resolve_resource(
+    settings: ObservabilitySettings, environ: Mapping[str, str] | None = None
+) -> OtlpResourceOptions:
+    """The resource of exported spans: the settings, then ``OTEL_*`` variables.
+
+    ``service.name`` is ``settings.service_name`` when set explicitly, else
+    ``OTEL_SERVICE_NAME``, else ``service.name`` from
+    ``OTEL_RESOURCE_ATTRIBUTES``, else the settings' default. Resource
+    attributes are those of ``OTEL_RESOURCE_ATTRIBUTES`` updated with
+    ``settings.otlp_resource_attributes``.
+
+    Args:
+        settings: The container's settings.
+        environ: The environment (default :data:`os.environ`).
+
+    Returns:
+        The keyword arguments for :func:`build_trace_request`.
+
+    Raises:
+        ValueError: ``OTEL_RESOURCE_ATTRIBUTES`` is malformed.
+    """
+    env = os.environ if environ is None else environ
+    attributes: dict[str, str] = {}
+    found = _env(env, "OTEL_RESOURCE_ATTRIBUTES")
+    if found is not None:
+        attributes = _parse_pairs(*found)
+    env_name = attributes.pop("service.name", None)
+    env_version = attributes.pop("service.version", None)
+    attributes.update(settings.otlp_resource_attributes)
+    service_name = settings.service_name
+    if not _explicit(settings, "service_name"):
+        found = _env(env, "OTEL_SERVICE_NAME")
+        service_name = found[1] if found is not None else env_name or service_name
+    service_version: str | None = settings.service_version
+    if not _explicit(settings, "service_version") and env_version:
+        service_version = env_version
+    return OtlpResourceOptions(
+        service_name=service_name,
+        service_version=service_version,
+        resource_attributes=MappingProxyType(attributes),
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OtlpConfig:
+    """The effective configuration of the OTLP/HTTP span exporter.
+
+    Built once, by :meth:`resolve`, when the container is constructed.
+    ``headers`` is left out of ``repr``: it may hold credentials.
+    """
+
+    endpoint: str
+    protocol: OtlpProtocol = "http/protobuf"
+    compression: OtlpCompression = "none"
+    headers: Mapping[str, str] = field(default_factory=dict, repr=False)
+    timeout: float = 5.0
+    resource: OtlpResourceOptions = field(default_factory=lambda: OtlpResourceOptions())
+
+    @classmethod
+    def resolve(
+        cls, settings: ObservabilitySettings, environ: Mapping[str, str] | None = None
+    ) -> OtlpConfig | None:
+        """Combine the settings with the standard OpenTelemetry variables.
+
+        A setting given explicitly wins over its variable; a traces-specific
+        variable (``OTEL_EXPORTER_OTLP_TRACES_*``) wins over the general one:
+
+        * endpoint: ``settings.otlp_endpoint`` (the full traces URL), else
+          ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` (used as is), else
+          ``OTEL_EXPORTER_OTLP_ENDPOINT`` with ``/v1/traces`` appended;
+          none of them: no exporter (``None``);
+        * ``OTEL_EXPORTER_OTLP_HEADERS``: ``key=value`` pairs, comma
+          separated, values URL-decoded; ``settings.otlp_headers`` override
+          them name by name (case-insensitively);
+        * ``OTEL_EXPORTER_OTLP_PROTOCOL``: ``http/protobuf`` (default) or
+          ``http/json``; anything else (``grpc``) is an error;
+        * ``OTEL_EXPORTER_OTLP_COMPRESSION``: ``gzip`` or ``none`` (default);
+        * ``OTEL_EXPORTER_OTLP_TIMEOUT``: milliseconds;
+        * the resource: :func:`resolve_resource`.
+
+        Args:
+            settings: The container's settings.
+            environ: The environment (default :data:`os.environ`).
+
+        Returns:
+            The configuration, or ``None`` when no endpoint is configured.
+
+        Raises:
+            ValueError: A variable is malformed or names an unsupported value;
+                the message names the variable and never quotes a header.
+        """
+        env = os.environ if environ is None else environ
+        endpoint = settings.otlp_endpoint
+        if endpoint is None:
+            found = _env(env, "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+            if found is not None:
+                endpoint = found[1]
+            else:
+                found = _env(env, "OTEL_EXPORTER_OTLP_ENDPOINT")
+                if found is not None:
+                    endpoint = _traces_url(found[1])
+        if endpoint is None:
+            return None
+
+        protocol: str | None = settings.otlp_protocol
+        if protocol is None:
+            found = _env(env, "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+            protocol = "http/protobuf" if found is None else _check_choice(
+                *found, _PROTOCOLS)
+        compression: str | None = settings.otlp_compression
+        if compression is None:
+            found = _env(env, "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION",
+                         "OTEL_EXPORTER_OTLP_COMPRESSION")
+            compression = "none" if found is None else _check_choice(
+                found[0], found[1].lower(), _COMPRESSIONS)
+
+        headers: dict[str, str] = {}
+        found = _env(env, "OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+        if found is not None:
+            headers = _parse_pairs(*found)
+        explicit = {key: value.get_secret_value() for key, value in settings.otlp_headers.items()}
+        lowered = {key.lower() for key in explicit}
+        headers = {key: value for key, value in headers.items() if key.lower() not in lowered}
+        headers.update(explicit)
+
+        timeout = settings.otlp_timeout_seconds
+        if not _explicit(settings, "otlp_timeout_seconds"):
+            found = _env(env, "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+            if found is not None:
+                timeout = _timeout_ms(*found)
+        return cls(
+            endpoint=endpoint,
+            protocol=cast(OtlpProtocol, protocol),
+            compression=cast(OtlpCompression, compression),
+            headers=MappingProxyType(headers),
+            timeout=timeout,
+            resource=resolve_resource(settings, env),
+        )
+
+
+def _timeout_ms(variable: str, text: str) -> float:
+    try:
+        milliseconds = float(text)
+    except ValueError:
+        raise ValueError(f"{variable} must be a number of milliseconds, got {preview(text)}"
+                         ) from None
+    if not (math.isfinite(milliseconds) and milliseconds > 0):
+        raise ValueError(f"{variable} must be a positive number of milliseconds, got {text}")
+    return milliseconds / 1000
 
 
 # --- OTLP/HTTP ------------------------------------------------------------
 
 
-class _NoRedirectHandler(urllib.request.HTTPRedirectHandler):
-    """Refuse redirects: urllib would replay a POST as a body-less GET."""
-
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: Any,
-        code: int,
-        msg: str,
-        headers: Any,
-        newurl: str,
-    ) -> None:
-        """Return ``None`` so the 3xx surfaces as an :class:`HTTPError`."""
-        return None
-
-
 class OtlpHttpSender:
-    """POST OTLP/JSON trace requests to an OTLP/HTTP receiver.
+    """POST OTLP trace requests to an OTLP/HTTP receiver.
 
-    Off by default: nothing in the engine builds one unless configured. A
-    :meth:`send` retries what the OTLP/HTTP specification calls retryable
+    Off by default: nothing in the engine builds one unless configured. The
+    body is binary protobuf (``http/protobuf``, the default) or OTLP/JSON
+    (``http/json``), optionally gzip-compressed (``Content-Encoding: gzip``).
+    A :meth:`send` retries what the OTLP/HTTP specification calls retryable
     (answers 429, 502, 503 and 504, and network errors and timeouts) with
     exponential backoff, or after the receiver's ``Retry-After`` seconds,
     at most ``max_retries`` times and never past ``retry_window`` seconds
@@ -391,10 +656,12 @@ class OtlpHttpSender:
 
     Args:
         endpoint: The full traces URL, e.g. ``http://127.0.0.1:4318/v1/traces``.
+        protocol: ``"http/protobuf"`` or ``"http/json"``.
+        compression: ``"gzip"`` or ``"none"``.
         timeout: Seconds allowed for connecting and for each read.
         headers: Extra request headers (for example an ``Authorization``
-            token). ``Content-Type`` is always ``application/json``. Header
-            values are never logged.
+            token). ``Content-Type`` and ``Content-Encoding`` follow
+            ``protocol`` and ``compression``. Header values are never logged.
         max_retries: Retries after the first attempt (0: none).
         backoff: Seconds before the first retry; doubled for each next one,
             up to ``max_backoff``.
@@ -408,15 +675,18 @@ class OtlpHttpSender:
 
     Raises:
         ValueError: The endpoint is not an ``http``/``https`` URL with a host,
-            carries credentials, the timeout is not a positive finite number,
-            a retry setting is negative or not finite, or a header contains
-            a line break.
+            carries credentials, the protocol or compression is unknown, the
+            timeout is not a positive finite number, a retry setting is
+            negative or not finite, or a header name is not an HTTP token or
+            a header contains a line break.
     """
 
     def __init__(
         self,
         endpoint: str,
         *,
+        protocol: str = "http/protobuf",
+        compression: str = "none",
         timeout: float = 5.0,
         headers: Mapping[str, str] | None = None,
         max_retries: int = 3,
@@ -432,6 +702,8 @@ class OtlpHttpSender:
             raise ValueError(f"OTLP/HTTP endpoint has no host: {endpoint!r}")
         if parts.username is not None or parts.password is not None:
             raise ValueError("OTLP/HTTP endpoint must not carry credentials: use headers=")
+        _check_choice("protocol", protocol, _PROTOCOLS)
+        _check_choice("compression", compression, _COMPRESSIONS)
         if not (math.isfinite(timeout) and timeout > 0):
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if type(max_retries) is not int or max_retries < 0:
@@ -443,17 +715,23 @@ class OtlpHttpSender:
                     f"{name} must be a finite number of seconds >= 0, got {seconds!r}")
         merged: dict[str, str] = {}
         for key, value in (headers or {}).items():
-            if any(ch in key or ch in value for ch in "\r\n"):
+            if not _HEADER_NAME.match(key):
+                raise ValueError(f"header name {preview(key)} is not a valid HTTP header name")
+            if "\r" in value or "\n" in value:
                 raise ValueError(f"header {key!r} contains a line break")
-            if key.lower() != "content-type":
+            if key.lower() not in ("content-type", "content-encoding"):
                 merged[key] = value
-        merged["Content-Type"] = "application/json"
+        merged["Content-Type"] = _CONTENT_TYPES[protocol]
+        if compression == "gzip":
+            merged["Content-Encoding"] = "gzip"
         self._endpoint = endpoint
+        self._protocol = protocol
+        self._gzip = compression == "gzip"
         # For logs: no query string (it may hold a token).
         self._endpoint_for_logs = f"{parts.scheme}://{parts.netloc}{parts.path}"
         self._timeout = float(timeout)
         self._headers: Mapping[str, str] = MappingProxyType(merged)
-        self._opener = urllib.request.build_opener(_NoRedirectHandler())
+        self._opener = no_redirect_opener()
         self._lock = threading.Lock()
         self._failures = 0
         self._rejected_spans = 0
@@ -464,10 +742,26 @@ class OtlpHttpSender:
         self._retry_window = float(retry_window)
         self._sleep = sleep
 
+    @classmethod
+    def from_config(
+        cls, config: OtlpConfig, *, max_retries: int = 3, retry_window: float = 10.0
+    ) -> OtlpHttpSender:
+        """A sender for a resolved :class:`OtlpConfig`."""
+        return cls(
+            config.endpoint, protocol=config.protocol, compression=config.compression,
+            timeout=config.timeout, headers=config.headers, max_retries=max_retries,
+            retry_window=retry_window,
+        )
+
     @property
     def endpoint(self) -> str:
         """The URL requests are POSTed to."""
         return self._endpoint
+
+    @property
+    def protocol(self) -> str:
+        """``http/protobuf`` or ``http/json``."""
+        return self._protocol
 
     @property
     def failures(self) -> int:
@@ -487,12 +781,29 @@ class OtlpHttpSender:
         with self._lock:
             return self._rejected_spans
 
+    def encode(
+        self, spans: Iterable[SpanRecord], **resource_kw: Unpack[OtlpResourceOptions]
+    ) -> tuple[bytes, int]:
+        """The request body :meth:`send` would POST for ``spans``, and its span count.
+
+        Raises:
+            ValueError: Bad resource options (see :func:`build_trace_request`).
+        """
+        request = build_trace_request(spans, **resource_kw)
+        if self._protocol == "http/json":
+            body = json.dumps(_to_otlp_json(request), **_JSON_OPTIONS).encode("utf-8", "replace")
+        else:
+            body = request.SerializeToString()
+        if self._gzip:
+            body = gzip.compress(body, compresslevel=6)
+        return body, _span_count(request)
+
     def send(
         self,
         spans: Iterable[SpanRecord],
         **resource_kw: Unpack[OtlpResourceOptions],
     ) -> bool:
-        """Encode the spans and POST them as one OTLP/JSON request.
+        """Encode the spans and POST them as one OTLP request.
 
         Blocks the calling thread for up to about ``timeout`` seconds per
         network step; call it from an exporter thread, never from a workflow
@@ -501,7 +812,7 @@ class OtlpHttpSender:
         Args:
             spans: The finished spans; iterated once.
             **resource_kw: The resource and scope options of
-                :func:`spans_to_otlp`.
+                :func:`build_trace_request`.
 
         Returns:
             ``True`` if the receiver answered 2xx (a partial success included:
@@ -509,11 +820,9 @@ class OtlpHttpSender:
             and counted in :attr:`rejected_spans`), ``False`` otherwise.
 
         Raises:
-            ValueError: Bad resource options (see :func:`spans_to_otlp`).
+            ValueError: Bad resource options (see :func:`build_trace_request`).
         """
-        document = spans_to_otlp(spans, **resource_kw)
-        count = _span_count(document)
-        body = json.dumps(document, **_JSON_OPTIONS).encode("utf-8", "replace")
+        body, count = self.encode(spans, **resource_kw)
         deadline = time.monotonic() + self._retry_window
         delay = self._backoff
         attempt = 0
@@ -527,9 +836,10 @@ class OtlpHttpSender:
             try:
                 with self._opener.open(request, timeout=timeout) as response:
                     status: int = response.status
+                    content_type: str = response.headers.get("Content-Type", "")
                     payload: bytes = response.read()
             except urllib.error.HTTPError as exc:
-                detail = _read_error_body(exc)
+                detail = read_error_body(exc)
                 error, failed_status = f"HTTP {exc.code} {exc.reason}", exc.code
                 retryable = exc.code in _RETRYABLE_STATUS
                 if retryable:
@@ -537,7 +847,7 @@ class OtlpHttpSender:
             except (OSError, http.client.HTTPException) as exc:  # URLError, timeouts, resets
                 detail, error, failed_status, retryable = None, repr(exc), None, True
             else:
-                self._note_partial_success(payload, count)
+                self._note_partial_success(payload, content_type, count)
                 _logger.debug("otlp_export_sent", endpoint=self._endpoint_for_logs,
                               spans=count, status=status, attempts=attempt + 1)
                 return True
@@ -566,22 +876,36 @@ class OtlpHttpSender:
         )
         return False
 
-    def _note_partial_success(self, payload: bytes, count: int) -> None:
-        """Log and count spans a 2xx ``ExportTraceServiceResponse`` rejected."""
+    def _note_partial_success(self, payload: bytes, content_type: str, count: int) -> None:
+        """Log and count spans a 2xx ``ExportTraceServiceResponse`` rejected.
+
+        The response is decoded by its ``Content-Type``: JSON, or protobuf.
+        A body that is neither is ignored (some receivers answer plain text).
+        """
         if not payload:
             return
-        try:
-            partial = json.loads(payload).get("partialSuccess") or {}
-            rejected = int(partial.get("rejectedSpans") or 0)
-            message = partial.get("errorMessage")
-        except (ValueError, TypeError, AttributeError):
-            return  # not an OTLP/JSON response body (e.g. protobuf): nothing to report
+        rejected, message = 0, ""
+        if "json" in content_type.lower():
+            try:
+                partial = json.loads(payload).get("partialSuccess") or {}
+                rejected = int(partial.get("rejectedSpans") or 0)
+                message = str(partial.get("errorMessage") or "")
+            except (ValueError, TypeError, AttributeError):
+                return
+        else:
+            response = ExportTraceServiceResponse()
+            try:
+                response.ParseFromString(payload)
+            except DecodeError:
+                return
+            rejected = response.partial_success.rejected_spans
+            message = response.partial_success.error_message
         if rejected > 0:
             with self._lock:
                 self._rejected_spans += rejected
             _logger.warning(
                 "otlp_export_partially_rejected", endpoint=self._endpoint_for_logs,
-                spans=count, rejected_spans=rejected, error=message,
+                spans=count, rejected_spans=rejected, error=message or None,
             )
 
 
@@ -599,12 +923,3 @@ def _retry_after(value: str | None) -> float | None:
         return None
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
-
-def _read_error_body(exc: urllib.error.HTTPError, limit: int = 512) -> str | None:
-    """Read (at most ``limit`` bytes of) an error response's body and close it."""
-    try:
-        return exc.read(limit).decode("utf-8", "replace") or None
-    except (OSError, http.client.HTTPException):
-        return None
-    finally:
-        exc.close()

@@ -9,13 +9,24 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from collectors.ledger import check_ledger_url
 from collectors.snapshots import DEFAULT_LATENCY_BUCKETS
 
 __all__ = (
+    "DEFAULT_NODE_LATENCY_BUCKETS",
     "DEFAULT_PRICE_TABLE",
+    "InputLimits",
     "MetricsServerSettings",
     "ModelPrice",
     "ObservabilitySettings",
+)
+
+
+#: Seconds; resolves sub-millisecond workflow nodes (a bucket edge at 5 s for the
+#: ``NodeLatencyP95High`` alert threshold).
+DEFAULT_NODE_LATENCY_BUCKETS: tuple[float, ...] = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )
 
 
@@ -48,6 +59,29 @@ class MetricsServerSettings(BaseModel):
     port: int = Field(default=9464, ge=0, le=65535)
 
 
+class InputLimits(BaseModel):
+    """Bounds every door applies to what it is given (see ``app.observability.validation``).
+
+    A value past a bound is refused with a ``ValueError`` naming the field and
+    the bound; free text past ``max_attribute_length`` is truncated, visibly.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: Ids (tenant, request, correlation, event, model and prompt versions) and label values.
+    max_id_length: int = Field(default=256, ge=1, le=65_536)
+    #: Span, event and audit attribute values, error messages: truncated past this.
+    max_attribute_length: int = Field(default=4_096, ge=16, le=1_048_576)
+    #: Input or output tokens of one LLM call.
+    max_tokens_per_call: int = Field(default=10_000_000, ge=1)
+    #: One counter increment.
+    max_counter_increment: float = Field(default=1e9, gt=0, allow_inf_nan=False)
+    #: One latency or histogram observation, in seconds.
+    max_latency_seconds: float = Field(default=86_400.0, gt=0, allow_inf_nan=False)
+    #: The cost of one LLM call, in USD.
+    max_cost_per_call_usd: Decimal = Field(default=Decimal("1000"), gt=0, allow_inf_nan=False)
+
+
 class ObservabilitySettings(BaseModel):
     """Everything the :class:`~app.observability.Observability` container is built from.
 
@@ -72,10 +106,13 @@ class ObservabilitySettings(BaseModel):
 
     # --- metrics ---
     latency_buckets: tuple[float, ...] = DEFAULT_LATENCY_BUCKETS
-    node_latency_buckets: tuple[float, ...] | None = None
+    #: Upper bounds of ``node_execution_latency``; ``None``: ``latency_buckets``.
+    #: Most nodes run in well under a millisecond, so the default starts at 50 µs.
+    node_latency_buckets: tuple[float, ...] | None = DEFAULT_NODE_LATENCY_BUCKETS
     max_series_per_metric: int = Field(default=2_000, ge=1)
     quantile_relative_accuracy: float = Field(default=0.01, gt=0, lt=1)
-    max_label_value_length: int = Field(default=256, ge=1)
+    #: Bounds on every input (ids, text, tokens, amounts, latencies, costs).
+    limits: InputLimits = InputLimits()
 
     # --- traces ---
     trace_buffer_size: int = Field(default=10_000, ge=1)
@@ -94,6 +131,21 @@ class ObservabilitySettings(BaseModel):
     max_tracked_requests: int = Field(default=100_000, ge=1)
     budgets: dict[str, Decimal] = Field(default_factory=dict)
     budget_thresholds: tuple[Decimal, ...] = (Decimal("0.8"), Decimal("1.0"))
+    #: When budgets reset: never (``"none"``), each UTC day or each UTC month.
+    budget_period: Literal["none", "day", "month"] = "none"
+
+    # --- the ledger (durable costs, budget crossings, audit trail; off by default) ---
+    #: ``sqlite:///PATH`` (one machine) or ``postgresql://user:pw@host:port/db``
+    #: (several machines); ``None`` keeps everything in memory only.
+    ledger_url: str | None = None
+    #: Rows each collector keeps while the ledger is unreachable; past it they are
+    #: dropped from the ledger (still applied in memory) and counted.
+    ledger_buffer_size: int = Field(default=100_000, ge=1)
+    #: Cost reads reflect other processes' committed records at most this many
+    #: seconds late (the cost collector reloads the ledger's totals when older).
+    ledger_refresh_seconds: float = Field(default=1.0, ge=0, le=3_600, allow_inf_nan=False)
+    #: Ceiling of the retry backoff while the ledger is unreachable.
+    ledger_retry_max_seconds: float = Field(default=5.0, gt=0, le=600, allow_inf_nan=False)
 
     # --- audit, redaction, export ---
     audit_buffer_size: int = Field(default=10_000, ge=1)
@@ -101,12 +153,25 @@ class ObservabilitySettings(BaseModel):
     metrics_server: MetricsServerSettings = MetricsServerSettings()
 
     # --- span export (off by default) ---
-    #: OTLP/HTTP traces URL (``http://127.0.0.1:4318/v1/traces``); ``None``: no export.
+    # Each otlp_* field left unset falls back to its standard OTEL_EXPORTER_OTLP_*
+    # variable, read when the container is built (app.observability.otlp.OtlpConfig).
+    #: OTLP/HTTP traces URL (``http://127.0.0.1:4318/v1/traces``); ``None``: the
+    #: ``OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT`` variables, or no export.
     otlp_endpoint: str | None = None
+    #: ``http/protobuf`` (binary protobuf) or ``http/json``; ``None``:
+    #: ``OTEL_EXPORTER_OTLP_PROTOCOL``, else ``http/protobuf``.
+    otlp_protocol: Literal["http/protobuf", "http/json"] | None = None
+    #: Request body compression; ``None``: ``OTEL_EXPORTER_OTLP_COMPRESSION``, else none.
+    otlp_compression: Literal["gzip", "none"] | None = None
     otlp_timeout_seconds: float = Field(default=5.0, gt=0, allow_inf_nan=False)
     #: Extra OTLP/HTTP request headers, e.g. ``{"Authorization": "Basic ..."}`` for
     #: Langfuse's OTLP endpoint. Secret: masked in ``repr`` and dumps, never logged.
+    #: They override ``OTEL_EXPORTER_OTLP_HEADERS`` name by name.
     otlp_headers: dict[str, SecretStr] = Field(default_factory=dict)
+    #: Resource attributes of exported spans (``deployment.environment.name``...),
+    #: over those of ``OTEL_RESOURCE_ATTRIBUTES``; ``service.name``/``service.version``
+    #: come from ``service_name``/``service_version`` (or ``OTEL_SERVICE_NAME``).
+    otlp_resource_attributes: dict[str, str] = Field(default_factory=dict)
     #: Retries of a retryable OTLP answer (429, 502, 503, 504) or network error, with
     #: exponential backoff or the receiver's ``Retry-After``, within 90 % of
     #: ``export_timeout_seconds``.
@@ -129,6 +194,17 @@ class ObservabilitySettings(BaseModel):
             raise ValueError("bucket bounds must be strictly ascending")
         return value
 
+    @field_validator("otlp_resource_attributes")
+    @classmethod
+    def _check_resource_attributes(cls, value: dict[str, str]) -> dict[str, str]:
+        reserved = {"service.name", "service.version"}.intersection(value)
+        if reserved:
+            raise ValueError(
+                f"must not set {sorted(reserved)}: use service_name/service_version")
+        if any(not key for key in value):
+            raise ValueError("resource attribute keys must be non-empty")
+        return value
+
     @field_validator("budgets")
     @classmethod
     def _check_budgets(cls, value: dict[str, Decimal]) -> dict[str, Decimal]:
@@ -138,6 +214,11 @@ class ObservabilitySettings(BaseModel):
             if not budget.is_finite() or budget <= 0:
                 raise ValueError(f"budget for tenant {tenant!r} must be a positive amount")
         return value
+
+    @field_validator("ledger_url")
+    @classmethod
+    def _check_ledger_url(cls, value: str | None) -> str | None:
+        return None if value is None else check_ledger_url(value)
 
     @model_validator(mode="after")
     def _check_thresholds(self) -> ObservabilitySettings:

@@ -2,29 +2,25 @@
 
 Debian's ``prometheus`` binary (package ``prometheus``, installed in CI by
 ``make tools``) runs on loopback with its own scrape config, free port and
-temporary data folder. A missing binary fails the test, it never skips.
+temporary data folder, and loads ``ops/prometheus/alerts.yml``. A missing
+binary fails the test, it never skips.
 
 The workflow traffic runs and is flushed *before* Prometheus starts, so every
 scrape sees the final values; the test polls Prometheus's HTTP API (bounded by
-one shared deadline) until the series appear with them, then asserts.
+one shared deadline) until the series appear with them, then asserts. Besides
+the numbers, it checks what the ops files claim against the real thing: the
+node-latency buckets resolve sub-millisecond nodes, every dashboard panel has
+a series, no alert fires on a healthy target, and ``TargetDown`` does once the
+target stops answering.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import shutil
-import socket
-import subprocess
-import threading
-import time
-import urllib.parse
-import urllib.request
+import math
 from collections import Counter
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from collections.abc import Iterator, Sequence
 
 import pytest
 
@@ -34,129 +30,36 @@ from app.observability.settings import MetricsServerSettings
 from app.workflows.langgraph.config import WorkflowConfig
 from app.workflows.langgraph.instrumentation import InstrumentedRiskWorkflow
 from app.workflows.langgraph.state import RiskRequest
+from collectors.records import SpanRecord
+from tests.integration._services import (
+    JOB,
+    OPENER,
+    REPO,
+    PrometheusService,
+    StartPrometheus,
+    by_label,
+)
 
 REQUESTS = 30
 TENANTS = 3
 SEED = 11
-JOB = "risk-engine"
 COLLECTORS = ("audit", "cost", "metrics", "trace")
+ALERTS = REPO / "ops" / "prometheus" / "alerts.yml"
+DASHBOARD = REPO / "ops" / "grafana" / "risk-engine-dashboard.json"
 #: Everything Prometheus must do (start, scrape, answer) happens within this.
-DEADLINE_SECONDS = 30.0
-#: Pause between polls of the external process (never a wait for our own threads).
-POLL_INTERVAL_SECONDS = 0.25
-
-# Loopback only: never route these requests through an HTTP(S)_PROXY from the environment.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-_PAUSE = threading.Event()  # never set: wait(t) is a bounded pause
-
-Vector = dict[str, float]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def _prometheus_binary() -> str:
-    path = shutil.which("prometheus")
-    if path is None:
-        pytest.fail(
-            "prometheus is not on PATH: install Debian's `prometheus` package "
-            "(apt-get install -y prometheus, or `make tools`); this test never skips",
-            pytrace=False,
-        )
-    return path
-
-
-@dataclass
-class PrometheusProcess:
-    """A running ``prometheus`` on loopback and the files it writes."""
-
-    process: subprocess.Popen[bytes]
-    base_url: str
-    stdout_path: Path
-    stderr_path: Path
-    deadline: float = field(default=0.0)
-
-    def logs(self) -> str:
-        out = self.stdout_path.read_text(encoding="utf-8", errors="replace")
-        err = self.stderr_path.read_text(encoding="utf-8", errors="replace")
-        return f"--- prometheus stdout ---\n{out}\n--- prometheus stderr ---\n{err}"
-
-    def api(self, path: str, **params: str) -> Any:
-        """GET an API path and return its ``data`` (raises OSError/ValueError if not ready)."""
-        url = f"{self.base_url}{path}"
-        if params:
-            url += "?" + urllib.parse.urlencode(params)
-        with _OPENER.open(url, timeout=5) as response:
-            body = json.loads(response.read().decode("utf-8"))
-        if body.get("status") != "success":
-            raise ValueError(f"{url}: {body}")
-        return body["data"]
-
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        data = self.api("/api/v1/query", query=promql)
-        assert data["resultType"] == "vector", data
-        result: list[dict[str, Any]] = data["result"]
-        return result
-
-    def poll(self, what: str, probe: Callable[[], Any]) -> Any:
-        """Call ``probe`` until it returns something other than ``None`` (bounded).
-
-        Fails the test with Prometheus's logs when the process dies or the
-        shared deadline passes.
-        """
-        last: object = None
-        while True:
-            code = self.process.poll()
-            if code is not None:
-                pytest.fail(f"prometheus exited with {code} while waiting for {what}\n"
-                            f"{self.logs()}", pytrace=False)
-            try:
-                result = probe()
-            except (OSError, ValueError) as exc:  # not listening / not ready yet
-                last = exc
-            else:
-                if result is not None:
-                    return result
-                last = "no result yet"
-            if time.monotonic() > self.deadline:
-                pytest.fail(f"no {what} within {DEADLINE_SECONDS} s (last: {last!r})\n"
-                            f"{self.logs()}", pytrace=False)
-            _PAUSE.wait(POLL_INTERVAL_SECONDS)
-
-    def settle(self, promql: str, label: str, expected: Callable[[Vector], bool]) -> Vector:
-        """Poll ``promql`` until ``expected`` accepts the vector keyed by ``label``.
-
-        Returns the last vector seen, also after the deadline, so the caller's
-        plain ``assert`` shows the difference.
-        """
-        vector: Vector = {}
-        while True:
-            try:
-                vector = by_label(self.query(promql), label)
-            except (OSError, ValueError):
-                vector = {}
-            if expected(vector) or time.monotonic() > self.deadline:
-                return vector
-            if self.process.poll() is not None:
-                return vector
-            _PAUSE.wait(POLL_INTERVAL_SECONDS)
-
-
-def by_label(result: list[dict[str, Any]], label: str) -> Vector:
-    """An instant-vector result as ``{label value: sample value}``."""
-    vector: Vector = {}
-    for sample in result:
-        key = sample["metric"].get(label, "")
-        assert key not in vector, ("duplicate", label, key, result)
-        vector[key] = float(sample["value"][1])
-    return vector
+DEADLINE_SECONDS = 40.0
+#: What Grafana substitutes in the dashboard's queries, for this short-lived scrape.
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1m", "$tenant": ".*"}
 
 
 # --- fixtures -----------------------------------------------------------------
+
+
+class _Accept:
+    """A span exporter that accepts every batch (so the exporter series exist)."""
+
+    def export(self, spans: Sequence[SpanRecord]) -> bool:
+        return True
 
 
 @pytest.fixture
@@ -165,77 +68,60 @@ def served_obs() -> Iterator[Observability]:
     container = Observability(ObservabilitySettings(
         id_seed=SEED, drain_at_exit=False,
         metrics_server=MetricsServerSettings(enabled=True, host="127.0.0.1", port=0),
-    ))
+    ), exporters=[_Accept()])
     try:
         yield container
     finally:
         container.close(timeout=5.0)
 
 
-@pytest.fixture
-def start_prometheus(tmp_path: Path) -> Iterator[Callable[[str], PrometheusProcess]]:
-    """Factory: start ``prometheus`` scraping one target; always stopped afterwards."""
-    binary = _prometheus_binary()
-    started: list[PrometheusProcess] = []
-
-    def start(target: str) -> PrometheusProcess:
-        config = tmp_path / "prometheus.yml"
-        # JSON is YAML: no YAML library needed to write the config.
-        config.write_text(json.dumps({
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{
-                "job_name": JOB,
-                "scrape_timeout": "1s",
-                "static_configs": [{"targets": [target]}],
-            }],
-        }, indent=2), encoding="utf-8")
-        port = _free_port()
-        stdout_path, stderr_path = tmp_path / "prometheus.out", tmp_path / "prometheus.err"
-        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
-            process = subprocess.Popen(
-                [
-                    binary,
-                    f"--config.file={config}",
-                    f"--storage.tsdb.path={tmp_path / 'data'}",
-                    f"--web.listen-address=127.0.0.1:{port}",
-                    "--log.level=warn",
-                ],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=err, cwd=tmp_path,
-            )
-        prometheus = PrometheusProcess(
-            process=process, base_url=f"http://127.0.0.1:{port}",
-            stdout_path=stdout_path, stderr_path=stderr_path,
-            deadline=time.monotonic() + DEADLINE_SECONDS,
-        )
-        started.append(prometheus)
-        return prometheus
-
-    try:
-        yield start
-    finally:
-        for prometheus in started:
-            prometheus.process.terminate()
-            try:
-                prometheus.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                prometheus.process.kill()
-                prometheus.process.wait(timeout=10)
-
-
 async def _drive(obs: Observability, requests: list[RiskRequest]) -> None:
     workflow = InstrumentedRiskWorkflow(obs, config=WorkflowConfig(seed=SEED))
     await asyncio.gather(*(workflow.run(request) for request in requests))
-    flushed = await obs.aflush(timeout=10)
+    flushed = await obs.aflush(timeout=10, exporters=True)
     assert flushed, flushed
+
+
+def _histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """PromQL's ``histogram_quantile`` over cumulative ``(le, count)`` pairs."""
+    buckets = sorted(buckets)
+    total = buckets[-1][1]
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower_bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (
+                count - lower_count)
+        lower_bound, lower_count = bound, count
+    raise AssertionError("unreachable: the +Inf bucket holds every observation")
+
+
+def _dashboard_exprs() -> dict[str, str]:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    exprs: dict[str, str] = {}
+    for panel in dashboard["panels"]:
+        for target in panel.get("targets", ()):
+            expr = target["expr"]
+            for variable, value in GRAFANA_VARIABLES.items():
+                expr = expr.replace(variable, value)
+            exprs[f"{panel['title']} ({target['refId']})"] = expr
+    return exprs
+
+
+def _active_alerts(prometheus: PrometheusService) -> list[tuple[str, str, dict[str, str]]]:
+    alerts = prometheus.api("/api/v1/alerts")["alerts"]
+    return sorted((a["labels"]["alertname"], a["state"], a["labels"]) for a in alerts)
 
 
 # --- the test -------------------------------------------------------------------
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(150)
 def test_prometheus_scrapes_the_workflow_metrics(
-    served_obs: Observability, start_prometheus: Callable[[str], PrometheusProcess]
+    served_obs: Observability, start_prometheus: StartPrometheus
 ) -> None:
     requests = generate_requests(REQUESTS, TENANTS, SEED, failure_rate=0.0)
     sent = Counter(request.tenant_id for request in requests)
@@ -244,8 +130,12 @@ def test_prometheus_scrapes_the_workflow_metrics(
 
     exported = served_obs.metrics.export_metrics()
     node_runs: Counter[str] = Counter()
+    node_buckets: dict[str, Counter[float]] = {}
     for series in exported["node_execution_latency"]["series"]:
-        node_runs[series["labels"]["node"]] += series["count"]
+        node = series["labels"]["node"]
+        node_runs[node] += series["count"]
+        node_buckets.setdefault(node, Counter()).update(
+            {float(bound): count for bound, count in series["buckets"].items()})
     node_spans = [s for s in served_obs.tracing.finished_spans() if s.kind == "node"]
     assert node_runs.total() == len(node_spans) > REQUESTS  # several nodes per request
     costs = {tenant: float(cost) for tenant, cost in served_obs.costs.snapshot().by_tenant.items()}
@@ -255,7 +145,7 @@ def test_prometheus_scrapes_the_workflow_metrics(
     server = served_obs.metrics_server
     assert server is not None
     target = f"127.0.0.1:{server.port}"
-    prometheus = start_prometheus(target)
+    prometheus = start_prometheus(target, rule_files=[ALERTS], deadline_seconds=DEADLINE_SECONDS)
 
     # Prometheus is up and has scraped us successfully at least once.
     prometheus.poll("successful scrape (up == 1)", lambda: prometheus.query(
@@ -290,13 +180,13 @@ def test_prometheus_scrapes_the_workflow_metrics(
     )
     assert up_seen == dict.fromkeys(COLLECTORS, 1.0)
 
-    # No records dropped: the series are absent (nothing was ever dropped) or 0.
-    dropped = by_label(prometheus.query("observability_records_dropped_total"), "collector")
-    assert all(value == 0 for value in dropped.values()), dropped
-    # ... where "absent" is not a misspelt name: the family is in what Prometheus scraped,
-    with _OPENER.open(server.url, timeout=5) as response:
-        assert "# TYPE observability_records_dropped_total counter\n" in response.read().decode()
-    # and its sibling family from the same pipeline health snapshot reached Prometheus.
+    # The pipeline's own counters exist at 0 before anything was dropped, so
+    # the "Dropped records" panel and RecordsDropped have a series to watch.
+    dropped = prometheus.settle(
+        "sum by (collector) (observability_records_dropped_total)", "collector",
+        lambda v: set(v) == set(COLLECTORS),
+    )
+    assert dropped == dict.fromkeys(COLLECTORS, 0.0)
     applied = prometheus.settle(
         "observability_records_applied_total", "collector", lambda v: set(v) == set(COLLECTORS),
     )
@@ -310,3 +200,48 @@ def test_prometheus_scrapes_the_workflow_metrics(
     assert ours["lastError"] == "", ours
     assert ours["scrapeUrl"] == server.url == f"http://{target}/metrics"
     assert ours["labels"]["instance"] == target
+
+    # --- node latency: the buckets resolve sub-millisecond nodes -----------------
+    p95_seen = by_label(prometheus.query(
+        "histogram_quantile(0.95, sum by (le, node) "
+        "(risk_engine_node_execution_latency_seconds_bucket))"), "node")
+    expected_p95 = {node: _histogram_quantile(0.95, list(buckets.items()))
+                    for node, buckets in node_buckets.items()}
+    assert p95_seen == pytest.approx(expected_p95, rel=1e-9)
+    fastest = min(p95_seen.values())
+    assert fastest < 0.0005, p95_seen  # a 0.5 ms first bucket would read 0.475 ms here
+    for node, p95 in p95_seen.items():
+        durations = sorted(s.duration_seconds for s in node_spans if s.name == node)
+        true_p95 = durations[math.ceil(0.95 * len(durations)) - 1]
+        # Within the bucket of the spans' own p95, give or take one bucket edge
+        # (the span and the histogram time the node at slightly different points).
+        bounds = sorted(b for b in node_buckets[node] if not math.isinf(b))
+        above = next((i for i, b in enumerate(bounds) if b >= true_p95), len(bounds) - 1)
+        low = bounds[above - 2] if above >= 2 else 0.0
+        high = bounds[min(above + 1, len(bounds) - 1)]
+        assert low <= p95 <= high, (node, p95, true_p95)
+
+    # --- the dashboard: every panel has a series on a healthy scrape -------------
+    prometheus.poll("three scrapes (enough samples for rate())", lambda: prometheus.query(
+        f'count_over_time(up{{job="{JOB}"}}[1m]) >= 3') or None)
+    empty = {title: expr for title, expr in _dashboard_exprs().items()
+             if not prometheus.query(expr)}
+    # No request failed (failure_rate=0): the error-rate panel has nothing to show.
+    assert set(empty) <= {"Error rate by category (A)"}, empty
+
+    # --- the alerts: none fires on a healthy target ... --------------------------
+    quiet = prometheus.poll("the alert rules evaluated", lambda: (
+        prometheus.api("/api/v1/rules")["groups"] or None))
+    assert {rule["name"] for group in quiet for rule in group["rules"]} >= {
+        "TargetDown", "CostSpike", "RecordsDropped", "SpanExportFailing"}
+    prometheus.poll("no active alert on a healthy target", lambda: (
+        True if not _active_alerts(prometheus) else None))
+    # ... and TargetDown does, once the target stops answering.
+    served_obs.close(timeout=5.0)
+    down = prometheus.poll("TargetDown pending", lambda: [
+        alert for alert in _active_alerts(prometheus) if alert[0] == "TargetDown"] or None)
+    ((_, state, labels),) = down
+    assert state in ("pending", "firing")  # `for: 1m` holds it pending in this test
+    assert (labels["job"], labels["instance"], labels["severity"]) == (JOB, target, "critical")
+    with pytest.raises(OSError):
+        OPENER.open(f"http://{target}/metrics", timeout=2)

@@ -28,7 +28,7 @@ DASHBOARD = REPO / "ops" / "grafana" / "risk-engine-dashboard.json"
 
 EXPECTED_ALERTS = {
     "CostSpike", "TenantBudgetExceeded", "HighErrorRate",
-    "NodeLatencyP95High", "RecordsDropped", "CollectorDown", "SpanExportFailing",
+    "NodeLatencyP95High", "RecordsDropped", "TargetDown", "CollectorDown", "SpanExportFailing",
 }
 REQUIRED_IN_EACH_ALERT = (
     r"^ +for: \d+[smhd]$",
@@ -206,7 +206,7 @@ def test_dashboard_has_the_expected_panels_and_datasource_input() -> None:
         "risk_engine_cost_usd_total", "risk_engine_requests_total", "risk_engine_failures_total",
         "risk_engine_node_execution_latency_seconds_bucket", "risk_engine_approvals_required_total",
         "observability_records_dropped_total", "observability_queue_depth",
-        "observability_collector_up",
+        "observability_collector_up", "observability_spans_exported_total",
     ):
         assert metric in exprs, metric
     assert "histogram_quantile(0.95, sum by (le, node)" in exprs

@@ -179,8 +179,9 @@ def check_totals(obs: Observability, sent: Tally) -> None:
     health = obs.health()
     assert {name: s.dropped_total for name, s in health.collectors.items()} == dict.fromkeys(
         health.collectors, 0)
+    # A generation: four usage counters, one duration and two token-usage observations.
     assert health.collectors["metrics"].applied == (
-        sum(sent.requests.values()) + sum(sent.latencies.values()) + 4 * sent.generations)
+        sum(sent.requests.values()) + sum(sent.latencies.values()) + 7 * sent.generations)
     assert health.collectors["cost"].applied == sent.costs_added + sent.generations
     assert health.collectors["trace"].applied == sent.spans
 
@@ -199,6 +200,11 @@ def check_totals(obs: Observability, sent: Tally) -> None:
                s["labels"]["direction"]): s["value"]
               for s in exported["token_usage"]["series"]}
     assert tokens == {key: n for key, n in sent.tokens.items()}
+    durations = exported["gen_ai_client_operation_duration"]["series"]
+    assert sum(s["count"] for s in durations) == sent.generations
+    token_usage = exported["gen_ai_client_token_usage"]["series"]
+    assert sum(s["count"] for s in token_usage) == 2 * sent.generations
+    assert sum(s["sum"] for s in token_usage) == sum(sent.tokens.values())
 
     costs = obs.costs.snapshot()
     assert dict(costs.by_tenant) == sent.cost

@@ -12,9 +12,9 @@ When a compiled graph comes from elsewhere and cannot be rebuilt, pass
             "tenant_id": "t1", "correlation_id": "c1", "request_id": "r1"}})
 
 It is **off by default** -- nothing attaches it -- because it costs more than
-the node wrapper: the DEVELOPERS measurements found that attaching a callback
-handler adds 7-28 % to a run (LangChain then dispatches a start and an end
-event, each with its own run id, for every node and every internal runnable).
+the node wrapper: with a callback handler attached, LangChain dispatches a start
+and an end event, each with its own run id, for every node and every internal
+runnable.
 
 What it records, with one instance shared by any number of concurrent runs:
 
@@ -50,24 +50,24 @@ recorded and its span id known.
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 from uuid import UUID
 
-import structlog
 from langchain_core.callbacks import AsyncCallbackHandler
 from langgraph.errors import GraphBubbleUp
 
 from app.observability import Observability, SpanContext
+from app.observability.catalog import NO_TENANT
+from app.observability.tracing import exception_type_name
+from collectors.logs import get_logger
 from collectors.records import AttributeValue
 
 __all__ = ("ObservabilityCallbackHandler",)
 
-_logger = structlog.get_logger(__name__)
+_logger = get_logger(__name__)
 
-_MASK64 = (1 << 64) - 1
 _WARN_INTERVAL = 60.0  # seconds between two warnings about failed callbacks
 _ID_KEYS = ("tenant_id", "correlation_id", "request_id")
 _NODE_KEY = "langgraph_node"
@@ -95,15 +95,10 @@ class _NodeSpan(NamedTuple):
 class _Workflow:
     """What one open workflow run needs beyond its :class:`_Run` entry."""
 
-    __slots__ = ("category", "classified", "ids", "nodes", "parent", "sampled", "trace_id")
+    __slots__ = ("category", "classified", "ids", "nodes", "parent")
 
-    def __init__(
-        self, ids: tuple[tuple[str, str], ...], trace_id: int, sampled: bool,
-        parent: SpanContext | None,
-    ) -> None:
+    def __init__(self, ids: tuple[tuple[str, str], ...], parent: SpanContext | None) -> None:
         self.ids = ids
-        self.trace_id = trace_id
-        self.sampled = sampled
         self.parent = parent
         self.nodes: list[_NodeSpan] = []
         self.classified: list[BaseException] = []  # counted at a node already
@@ -128,10 +123,6 @@ class ObservabilityCallbackHandler(AsyncCallbackHandler):
         self._tracing = obs.tracing
         self._metrics = obs.metrics
         self._failures = obs.failures
-        self._sample_bound = round(obs.settings.sample_ratio * (1 << 64))
-        # Own ids, never the tracing service's sequence (a seeded service would
-        # repeat the same trace ids here).
-        self._rng = random.Random()
         #: run id -> open run; written and read by any thread, one key per run.
         self._runs: dict[UUID, _Run] = {}
         #: workflow run id -> its spans' identity and finished nodes.
@@ -219,12 +210,7 @@ class ObservabilityCallbackHandler(AsyncCallbackHandler):
         traceparent = metadata.get("traceparent")
         if isinstance(traceparent, str):
             parent = self._tracing.extract({"traceparent": traceparent})
-        if parent is not None:
-            trace_id, sampled = parent.trace_id, parent.sampled
-        else:  # a new trace, sampled like the tracing service samples its roots
-            trace_id = self._rng.getrandbits(128) or 1
-            sampled = (trace_id & _MASK64) < self._sample_bound
-        self._workflows[run_id] = _Workflow(tuple(ids), trace_id, sampled, parent)
+        self._workflows[run_id] = _Workflow(tuple(ids), parent)
         self._runs[run_id] = _Run(name, time.perf_counter_ns(), time.time_ns(), None)
 
     def _finish(self, run_id: UUID, error: BaseException | None) -> None:
@@ -265,7 +251,7 @@ class ObservabilityCallbackHandler(AsyncCallbackHandler):
                 attributes["interrupted"] = True
             else:
                 status = "error"
-                attributes["error_type"] = _qualname(error)
+                attributes["error_type"] = exception_type_name(error)
                 if isinstance(error, Exception):
                     category = self._failures.classify(
                         error, tenant_id=_id(ids, "tenant_id"), node=run.name,
@@ -281,11 +267,11 @@ class ObservabilityCallbackHandler(AsyncCallbackHandler):
                 run.name, run.start_ns, run.start_ns + duration_ns, status,
                 tuple(attributes.items()),
             ))
-        labels = {"node": run.name, "status": status}
         tenant = _id(ids, "tenant_id")
-        if tenant is not None:
-            labels["tenant_id"] = tenant
-        self._metrics.observe_latency("node_execution_latency", duration_ns / 1e9, **labels)
+        self._metrics.observe_latency(
+            "node_execution_latency", duration_ns / 1e9, node=run.name, status=status,
+            tenant_id=NO_TENANT if tenant is None else tenant,
+        )
 
     def _end_workflow(
         self, run: _Run, workflow: _Workflow, end_perf_ns: int, error: BaseException | None
@@ -297,7 +283,7 @@ class ObservabilityCallbackHandler(AsyncCallbackHandler):
                 attributes["interrupted"] = True
             else:
                 status = "error"
-                attributes["error_type"] = _qualname(error)
+                attributes["error_type"] = exception_type_name(error)
                 if isinstance(error, Exception) and not any(
                     error is seen for seen in workflow.classified
                 ):
@@ -309,20 +295,22 @@ class ObservabilityCallbackHandler(AsyncCallbackHandler):
                     ).value
                 if workflow.category is not None:
                     attributes["failure_category"] = workflow.category
-        # A root is recorded with a parent of span id 0 in the chosen trace, so
-        # the tracing service's current span (a context variable) is never used.
-        parent = workflow.parent or SpanContext(workflow.trace_id, 0, workflow.sampled)
-        root = self._tracing.record_finished_span(
-            run.name, kind="workflow", start_ns=run.start_ns,
-            end_ns=run.start_ns + (end_perf_ns - run.start_perf_ns),
-            attributes=attributes, parent=parent, status=status,
+        # The run already happened: its spans are started and ended with the
+        # times the callbacks saw, the root first so the nodes are its children.
+        tracing = self._tracing
+        root = tracing.start_span_sync(
+            run.name, kind="workflow", parent=workflow.parent, root=workflow.parent is None,
+            start_ns=run.start_ns, attributes=attributes,
         )
-        node_parent = SpanContext(workflow.trace_id, root.span_id, workflow.sampled)
         for node in workflow.nodes:
-            self._tracing.record_finished_span(
-                node.name, kind="node", start_ns=node.start_ns, end_ns=node.end_ns,
-                attributes=dict(node.attributes), parent=node_parent, status=node.status,
+            span = tracing.start_span_sync(
+                node.name, kind="node", parent=root, start_ns=node.start_ns,
+                attributes=dict(node.attributes),
             )
+            tracing.end_span_sync(span, status=node.status, end_ns=node.end_ns)
+        tracing.end_span_sync(
+            root, status=status, end_ns=run.start_ns + (end_perf_ns - run.start_perf_ns)
+        )
 
 
 def _id(ids: tuple[tuple[str, str], ...], key: str) -> str | None:
@@ -330,9 +318,3 @@ def _id(ids: tuple[tuple[str, str], ...], key: str) -> str | None:
         if name == key:
             return value
     return None
-
-
-def _qualname(exc: BaseException) -> str:
-    cls = type(exc)
-    module = cls.__module__
-    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"

@@ -41,6 +41,11 @@ class WorkflowConfig(BaseModel):
         amount_cap_usd: Hard policy ``amount_cap``.
         review_amount_usd: Soft policy ``large_amount``.
         min_confidence: Guardrail ``confidence_floor``.
+        refuse_over_budget: Before the model is called, ask the tenant's
+            remaining budget (``obs.costs.remaining_budget``, injected as
+            ``remaining_budget``) and refuse a tenant with nothing left with a
+            ``PolicyViolationError`` (policy ``budget``, category
+            POLICY_VIOLATION), so nothing more is spent.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -61,6 +66,7 @@ class WorkflowConfig(BaseModel):
     amount_cap_usd: Annotated[Decimal, Field(gt=0)] = Decimal("1000000")
     review_amount_usd: Annotated[Decimal, Field(gt=0)] = Decimal("10000")
     min_confidence: _Fraction = 0.5
+    refuse_over_budget: bool = False
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:

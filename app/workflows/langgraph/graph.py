@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from decimal import Decimal
 from typing import Any, TypeAlias
 
-import structlog
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
@@ -32,6 +32,7 @@ from app.workflows.langgraph.state import (
     RiskGraphState,
     Transaction,
 )
+from collectors.logs import get_logger
 
 __all__ = (
     "GRAPH_NAME",
@@ -41,7 +42,7 @@ __all__ = (
     "build_risk_graph",
 )
 
-_logger = structlog.get_logger(__name__)
+_logger = get_logger(__name__)
 
 #: The compiled workflow; its input and output are :class:`RiskGraphState`.
 RiskGraph: TypeAlias = CompiledStateGraph[RiskGraphState, None, RiskGraphState, RiskGraphState]
@@ -75,6 +76,7 @@ def build_risk_graph(
     node_wrapper: NodeWrapper | None = None,
     checkpointer: BaseCheckpointSaver[Any] | None = None,
     registry: ModelRegistry | None = None,
+    remaining_budget: Callable[[str], Decimal | None] | None = None,
 ) -> RiskGraph:
     """Build and compile the risk workflow.
 
@@ -93,6 +95,9 @@ def build_risk_graph(
             mode an :class:`~langgraph.checkpoint.memory.InMemorySaver` is made
             when none is given, since a paused run must be stored to resume.
         registry: Model and prompt versions; defaults to the shipped registry.
+        remaining_budget: Tenant id -> what is left of its budget
+            (``obs.costs.remaining_budget``); used only with
+            ``config.refuse_over_budget``.
 
     Returns:
         The compiled graph, named ``risk_workflow``.
@@ -122,6 +127,7 @@ def build_risk_graph(
         ),
         guardrails=GuardrailSuite(min_confidence=config.min_confidence),
         evaluator=evaluator,
+        remaining_budget=remaining_budget,
     )
 
     builder = StateGraph(RiskGraphState)

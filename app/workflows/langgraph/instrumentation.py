@@ -24,13 +24,11 @@ request's latency, ``request_count``, ``workflow_execution_count``,
 ``approval_required_count``, and a ``HIGH_RISK`` failure count for
 high-risk cases routed to approval.
 
-Cost of the hot path: the root span is a *batched* span, so every node span,
-latency, generation and request metric of the run is appended to the run's
-outbox, and the run reaches the collectors as one batch each for trace,
-metrics and cost when it ends. The evaluation node's quality score and audit
-event (and, for a failure, its count and audit event) are sent directly: a
-successful run makes five queue puts in all. ``docs/PERFORMANCE.md`` has the
-measured overhead.
+The root span is a *batched* span: every node span, latency, generation
+and request metric of the run goes into the run's outbox, and the run reaches
+the collectors as one batch each for trace, metrics and cost when it ends.
+The metric children (the family's bound label sets) are resolved through the
+metrics facade's public ``labels()``; nothing here validates twice.
 """
 
 from __future__ import annotations
@@ -40,30 +38,20 @@ import functools
 import inspect
 import threading
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, TypeVar
+from typing import Any
 
 from langgraph.errors import GraphBubbleUp
 
 from app.observability import FailureCategory, Observability
+from app.observability.catalog import NO_TENANT
 from app.observability.tracing import Span, SpanContext
 from app.workflows.langgraph.config import WorkflowConfig
 from app.workflows.langgraph.graph import GRAPH_NAME, RiskGraph, build_risk_graph
 from app.workflows.langgraph.llm import SimulatedLLM
 from app.workflows.langgraph.runner import resume_risk_workflow, run_risk_workflow
 from app.workflows.langgraph.state import LLMCall, RiskRequest, RiskState
-from collectors.hotpath import speedups
-from collectors.records import Labels
 
 __all__ = ("InstrumentedRiskWorkflow", "WorkflowInstrumentation", "build_instrumented_workflow")
-
-T = TypeVar("T")
-
-_NODE_LATENCY = "node_execution_latency"
-
-#: Label sets kept ready-made (nodes x statuses x tenants): a label tuple built
-#: once is untracked by the GC at its first collection, so the records that
-#: share it are too (see collectors.records).
-_LABEL_CACHE_SIZE = 4_096
 
 #: Paused runs whose trace a resume continues (the oldest forgotten past this).
 _PAUSED_TRACES = 10_000
@@ -86,38 +74,17 @@ class WorkflowInstrumentation:
         self._tracing = obs.tracing
         self._failures = obs.failures
         self._langfuse = obs.langfuse
-        self._finish = obs.tracing.finish
-        self._send_metric = obs.pipeline.collectors["metrics"].send
+        metrics = obs.metrics
+        self._node_latency = metrics.histogram("node_execution_latency")
+        self._request_latency = metrics.histogram("request_latency")
+        self._requests = metrics.counter("request_count")
+        self._executions = metrics.counter("workflow_execution_count")
+        self._approvals = metrics.counter("approval_required_count")
         self._workflow = workflow_name
-        #: (node, status, tenant) -> the node latency's label pairs (bounded).
-        self._node_labels: dict[tuple[str, str, str | None], Labels] = {}
-        #: (tenant, status) -> the run metrics' label pairs (bounded).
-        self._run_labels: dict[tuple[str, str], tuple[Labels, Labels]] = {}
         #: (tenant, request id) -> the root span of a run paused for approval, so
         #: that its resume continues the same trace (bounded, oldest out first).
         self._paused: dict[tuple[str, str], SpanContext] = {}
         self._paused_lock = threading.Lock()
-
-    def _run_label_sets(self, tenant: str, status: str) -> tuple[Labels, Labels]:
-        labels = ((("tenant_id", tenant),),
-                  (("status", status), ("tenant_id", tenant), ("workflow", self._workflow)))
-        if len(self._run_labels) >= _LABEL_CACHE_SIZE:  # a tenant flood must not grow it
-            self._run_labels.clear()
-        self._run_labels[(tenant, status)] = labels
-        return labels
-
-    def _node_labels_for(self, name: str, status: str, tenant: str | None) -> Labels:
-        """The ready-made label set of a node latency (built once per combination)."""
-        key = (name, status, tenant)
-        labels = self._node_labels.get(key)
-        if labels is None:
-            labels = (("node", name), ("status", status))
-            if tenant:
-                labels += (("tenant_id", tenant),)
-            if len(self._node_labels) >= _LABEL_CACHE_SIZE:  # a tenant flood must not grow it
-                self._node_labels.clear()
-            self._node_labels[key] = labels
-        return labels
 
     # --- nodes ----------------------------------------------------------------
 
@@ -128,101 +95,88 @@ class WorkflowInstrumentation:
             A coroutine function for a coroutine function, a plain function
             for a plain one, with ``__wrapped__`` set to ``fn``.
         """
-        start = self._tracing.start_child_span
-        finish = self._finish
-        after = self._after_node
+        start = self._tracing.start_span_sync
+        done = self._node_done
         failed = self._node_failed
-        #: tenant -> this node's ``status="ok"`` latency labels (the common end).
-        ok_labels: dict[str | None, Labels] = {}
-
-        def labels_ok(tenant: str | None) -> Labels:
-            if len(ok_labels) >= _LABEL_CACHE_SIZE:  # a tenant flood must not grow it
-                ok_labels.clear()
-            labels = ok_labels[tenant] = self._node_labels_for(name, "ok", tenant)
-            return labels
 
         if inspect.iscoroutinefunction(fn):
             async_fn: Callable[..., Awaitable[Any]] = fn
 
             @functools.wraps(fn)
             async def async_node(*args: Any, **kwargs: Any) -> Any:
-                span = start(name, "node")
+                span = start(name, kind="node")
                 try:
                     result = await async_fn(*args, **kwargs)
                 except BaseException as exc:
                     failed(span, name, exc)
                     raise
-                if type(result) is dict and "llm_call" in result:
-                    after(span, name, result)
-                else:
-                    labels = ok_labels.get(span.tenant_id) or labels_ok(span.tenant_id)
-                    finish(span, None, None, _NODE_LATENCY, labels)
+                done(span, name, result)
                 return result
 
             return async_node
 
-        if speedups is not None:  # the closure below, compiled (collectors/_speedups.c)
-            compiled = speedups.NodeWrapper(
-                fn, name, self._tracing, after, failed, labels_ok, ok_labels, _NODE_LATENCY)
-            return functools.update_wrapper(compiled, fn)
-
         @functools.wraps(fn)
         def sync_node(*args: Any, **kwargs: Any) -> Any:
-            span = start(name, "node")
+            span = start(name, kind="node")
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
                 failed(span, name, exc)
                 raise
-            if type(result) is dict and "llm_call" in result:
-                after(span, name, result)
-            else:  # the common end, inlined: no further Python frame but the span's
-                labels = ok_labels.get(span.tenant_id) or labels_ok(span.tenant_id)
-                finish(span, None, None, _NODE_LATENCY, labels)
+            done(span, name, result)
             return result
 
         return sync_node
 
-    def _after_node(self, span: Span, name: str, result: Any) -> None:
+    def _node_done(self, span: Span, name: str, result: Any) -> None:
+        """A node returned: log its LLM call, if any, then end its span."""
         try:
             if type(result) is dict:
                 call = result.get("llm_call")
                 if type(call) is LLMCall:
-                    self._log_generation(span, call)
+                    self._log_generation(span, call, None)
         except BaseException as exc:  # the node's span and latency end either way
             self._node_failed(span, name, exc)
             raise
         self._end_node(span, name, "ok", None)
 
-    def _log_generation(self, span: Span, call: LLMCall) -> None:
+    def _log_generation(self, span: Span, call: LLMCall, error: BaseException | None) -> None:
         self._langfuse.log_generation_sync(
-            tenant_id=span.tenant_id or "unknown",
+            tenant_id=span.tenant_id or NO_TENANT,
             model_version=call.model_version,
             prompt_version=call.prompt_version,
             input_tokens=call.input_tokens,
             output_tokens=call.output_tokens,
             latency=call.latency_seconds,
             provider=call.provider,
+            error=error,
         )
 
     def _node_failed(self, span: Span, name: str, exc: BaseException) -> None:
         if isinstance(exc, GraphBubbleUp):  # an interrupt, not a failure
-            span.attribute_map()["interrupted"] = True
+            span.set_attribute("interrupted", True)
             self._end_node(span, name, "ok", None)
             return
+        call = getattr(exc, "llm_call", None)
+        if type(call) is LLMCall:  # the node's model call failed: still a generation
+            self._log_generation(span, call, exc)
         if isinstance(exc, Exception):
             category = self._failures.classify(
                 exc, tenant_id=span.tenant_id, node=name,
                 correlation_id=span.correlation_id, request_id=span.request_id,
             )
             _mark_classified(exc, category)
-            span.attribute_map()["failure_category"] = category.value
+            span.set_attribute("failure_category", category.value)
         self._end_node(span, name, "error", exc)
 
     def _end_node(self, span: Span, name: str, status: str, exc: BaseException | None) -> None:
         """End a node's span; its duration is recorded as ``node_execution_latency``."""
-        self._finish(span, None, exc, _NODE_LATENCY,
-                     self._node_labels_for(name, status, span.tenant_id))
+        end_ns = span.now_ns()
+        latency = self._node_latency.labels(  # declared order: node, tenant_id, status
+            name, span.tenant_id or NO_TENANT, status,
+        ).record((end_ns - span.start_ns) / 1e9)
+        self._tracing.end_span_sync(span, status=status, error=exc, end_ns=end_ns,
+                                    metrics=(latency,))
 
     # --- runs -----------------------------------------------------------------
 
@@ -236,9 +190,8 @@ class WorkflowInstrumentation:
     ) -> RiskState:
         """Run ``invoke()`` for ``request`` inside an instrumented workflow span.
 
-        :meth:`begin_run`, the run, then :meth:`end_run`, for callers that hold
-        the run as a callable (:class:`InstrumentedRiskWorkflow` calls the two
-        halves itself, which saves a coroutine level).
+        :meth:`begin_run`, the run, then :meth:`end_run`: what
+        :class:`InstrumentedRiskWorkflow` does for every request.
 
         Args:
             request: The request (tenant, correlation and request ids).
@@ -295,9 +248,8 @@ class WorkflowInstrumentation:
             self._workflow, kind="workflow", parent=parent, root=parent is None,
             tenant_id=request.tenant_id, correlation_id=request.correlation_id,
             request_id=request.request_id, batch=True,
+            attributes={"resumed": True} if resumed else None,
         )
-        if resumed:
-            root.attribute_map()["resumed"] = True
         return root
 
     def end_run(
@@ -330,43 +282,33 @@ class WorkflowInstrumentation:
                     _mark_classified(error, category)
                 category_value = getattr(error, _CLASSIFIED, None)
                 if isinstance(category_value, str):
-                    root.attribute_map()["failure_category"] = category_value
+                    root.set_attribute("failure_category", category_value)
         elif state is not None:
             if state.status == "awaiting_approval":
                 status = "interrupted"
                 self._remember_paused(tenant, request.request_id, root.context)
-            attributes = root.attribute_map()
             if state.decision is not None:
-                attributes["decision"] = state.decision
-            attributes["approval_required"] = state.approval_required
+                root.set_attribute("decision", state.decision)
+            root.set_attribute("approval_required", state.approval_required)
             if state.high_risk and not resumed:
                 self._failures.record(
                     FailureCategory.HIGH_RISK, tenant_id=tenant,
                     correlation_id=request.correlation_id, request_id=request.request_id,
                     reason="high-risk case routed to approval",
                 )
-        labels = self._run_labels.get((tenant, status))
-        if labels is None:
-            labels = self._run_label_sets(tenant, status)
-        tenant_only, run = labels
-        # Plain (metric, labels, value) tuples with ready-made labels (collectors.records),
-        # into the run's outbox; the root's end adds request_latency (its own duration)
-        # and sends the outbox.
-        if resumed:
-            records: tuple[tuple[Any, ...], ...] = (("workflow_execution_count", run, 1),)
-        else:
-            records = (("request_count", tenant_only, 1), ("workflow_execution_count", run, 1))
+        end_ns = root.now_ns()  # the run's latency and its root span end at the same instant
+        latency = (end_ns - root.start_ns) / 1e9
+        records = [  # label values in each family's declared order (see the catalog)
+            self._executions.labels(self._workflow, tenant, status).record(1),
+            self._request_latency.labels(tenant, self._workflow, status).record(latency),
+        ]
+        if not resumed:
+            records.append(self._requests.labels(tenant).record(1))
         if state is not None and state.approval_required:
-            records += (("approval_required_count", tenant_only, 1),)
-        outbox = root.outbox
-        if outbox is not None:
-            outbox.metrics.extend(records)
-        else:
-            for record in records:
-                self._send_metric(record)
-        self._finish(
-            root, "ok" if status == "interrupted" else None,
-            error if status == "error" else None, "request_latency", run,
+            records.append(self._approvals.labels(tenant).record(1))
+        self._tracing.end_span_sync(
+            root, status="ok" if status == "interrupted" else None,
+            error=error if status == "error" else None, end_ns=end_ns, metrics=records,
         )
 
     def _remember_paused(self, tenant: str, request_id: str, context: SpanContext) -> None:
@@ -411,30 +353,17 @@ class InstrumentedRiskWorkflow:
             llm=llm,
             evaluator=obs.evaluation,
             node_wrapper=self.instrumentation.wrap_node if self.instrumentation else None,
+            remaining_budget=obs.costs.remaining_budget,
         )
 
     async def run(
         self, request: RiskRequest, *, parent_headers: Mapping[str, str] | None = None
     ) -> RiskState:
-        """Run one request; failures propagate unchanged (after being counted).
-
-        The instrumented run calls :meth:`WorkflowInstrumentation.begin_run` and
-        :meth:`~WorkflowInstrumentation.end_run` around the graph here rather
-        than awaiting :meth:`WorkflowInstrumentation.run`: every suspension of
-        the graph resumes each coroutine of the await chain, so one level less
-        is work saved at every step of every run.
-        """
-        instrumentation = self.instrumentation
-        if instrumentation is None:
-            return await run_risk_workflow(self.graph, request, config=self.config)
-        root = instrumentation.begin_run(request, parent_headers=parent_headers)
-        try:
-            state = await run_risk_workflow(self.graph, request, config=self.config)
-        except BaseException as exc:
-            instrumentation.end_run(root, request, None, exc)
-            raise
-        instrumentation.end_run(root, request, state, None)
-        return state
+        """Run one request; failures propagate unchanged (after being counted)."""
+        invoke = functools.partial(run_risk_workflow, self.graph, request, config=self.config)
+        if self.instrumentation is None:
+            return await invoke()
+        return await self.instrumentation.run(request, invoke, parent_headers=parent_headers)
 
     async def resume(
         self, request: RiskRequest, answer: Any, *,

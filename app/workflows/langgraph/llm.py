@@ -5,6 +5,11 @@ transaction's features, the model version and a small jitter drawn with
 BLAKE2b from ``(seed, request_id)``; token counts come from the rendered prompt
 and the rationale; an infrastructure fault is another stable draw. The same
 input and seed give the same response in every process.
+
+Latency is simulated too, so that traces and latency percentiles look like a
+real run: each call awaits ``asyncio.sleep`` for a log-normal draw around a
+median (``latency_seconds``) with a spread (``latency_spread``, the standard
+deviation of the logarithm), drawn from ``(seed, request_id)`` like the jitter.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from statistics import NormalDist
 from types import MappingProxyType
 
 from app.errors import InfrastructureError
@@ -23,6 +29,7 @@ from app.workflows.langgraph.state import Transaction
 
 __all__ = (
     "HIGH_RISK_MERCHANT_CATEGORIES",
+    "MAX_LATENCY_SPREAD",
     "LLMResponse",
     "SimulatedLLM",
     "count_tokens",
@@ -50,6 +57,12 @@ _CHANNEL_RISK: Mapping[str, float] = MappingProxyType(
 )
 _JITTER_SPAN = 0.04
 _TOKEN_RE = re.compile(r"\w+|[^\w\s]")
+#: Latency draws stay within this many standard deviations of the median's
+#: logarithm: a log-normal tail is unbounded, a simulated call is not.
+_LATENCY_Z_LIMIT = 4.0
+_STANDARD_NORMAL = NormalDist()
+#: The largest latency spread accepted (a factor of e**(4 * 3) ~ 160,000 either way).
+MAX_LATENCY_SPREAD = 3.0
 
 
 def count_tokens(text: str) -> int:
@@ -74,7 +87,7 @@ class LLMResponse:
         rationale: Explanation of the score; never contains the description.
         input_tokens: Tokens in the rendered prompt.
         output_tokens: Tokens in the rationale.
-        latency_seconds: Simulated latency of the call.
+        latency_seconds: Simulated latency of this call (the draw awaited).
         model_version: Model that answered.
         prompt_version: Prompt id that was rendered.
     """
@@ -93,27 +106,40 @@ class SimulatedLLM:
     """A deterministic scoring model with optional latency and infrastructure faults.
 
     Args:
-        seed: Seed of the jitter and fault draws.
-        latency_seconds: Simulated latency; ``0`` means the call never awaits.
+        seed: Seed of the jitter, latency and fault draws.
+        latency_seconds: Median simulated latency; ``0`` means the call never awaits.
         infra_failure_rate: Share of requests, in ``[0, 1]``, whose call fails
             with :class:`~app.errors.InfrastructureError`.
+        latency_spread: Standard deviation of the latency's logarithm (a
+            log-normal around the median; ``0``, the default, is the median
+            every time). Draws are kept within four deviations of the median.
 
     Raises:
-        ValueError: If the latency is negative or not finite, or the failure
-            rate is outside ``[0, 1]``.
+        ValueError: If the latency is negative or not finite, the spread is
+            outside ``[0, 3]``, or the failure rate is outside ``[0, 1]``.
     """
 
-    __slots__ = ("_infra_failure_rate", "_latency_seconds", "_seed")
+    __slots__ = ("_infra_failure_rate", "_latency_seconds", "_latency_spread", "_seed")
 
     def __init__(
-        self, seed: int = 0, latency_seconds: float = 0.0, infra_failure_rate: float = 0.0
+        self,
+        seed: int = 0,
+        latency_seconds: float = 0.0,
+        infra_failure_rate: float = 0.0,
+        *,
+        latency_spread: float = 0.0,
     ) -> None:
         if not math.isfinite(latency_seconds) or latency_seconds < 0.0:
             raise ValueError(f"latency_seconds must be finite and >= 0, got {latency_seconds!r}")
         if not 0.0 <= infra_failure_rate <= 1.0:
             raise ValueError(f"infra_failure_rate must be in [0, 1], got {infra_failure_rate!r}")
+        if not 0.0 <= latency_spread <= MAX_LATENCY_SPREAD:  # also refuses NaN
+            raise ValueError(
+                f"latency_spread must be in [0, {MAX_LATENCY_SPREAD:g}], got {latency_spread!r}"
+            )
         self._seed = seed
         self._latency_seconds = latency_seconds
+        self._latency_spread = latency_spread
         self._infra_failure_rate = infra_failure_rate
 
     @property
@@ -123,8 +149,27 @@ class SimulatedLLM:
 
     @property
     def latency_seconds(self) -> float:
-        """Simulated latency of every call."""
+        """Median simulated latency of a call."""
         return self._latency_seconds
+
+    @property
+    def latency_spread(self) -> float:
+        """Standard deviation of the simulated latency's logarithm."""
+        return self._latency_spread
+
+    def latency_for(self, request_id: str) -> float:
+        """The simulated latency of ``request_id``'s call, in seconds (deterministic).
+
+        ``median * exp(spread * z)`` with ``z`` a standard normal drawn from
+        ``(seed, request_id)`` and kept within ``[-4, 4]``.
+        """
+        median, spread = self._latency_seconds, self._latency_spread
+        if median == 0.0 or spread == 0.0:
+            return median
+        fraction = stable_fraction("latency", self._seed, request_id)
+        z = _STANDARD_NORMAL.inv_cdf(min(max(fraction, 1e-12), 1.0 - 1e-12))
+        z = min(max(z, -_LATENCY_Z_LIMIT), _LATENCY_Z_LIMIT)
+        return median * math.exp(spread * z)
 
     @property
     def infra_failure_rate(self) -> float:
@@ -159,8 +204,9 @@ class SimulatedLLM:
         except KeyError:
             raise ValueError(f"unknown model version {model_version!r}") from None
         rendered = prompt.render(_prompt_fields(transaction))
-        if self._latency_seconds > 0.0:
-            await asyncio.sleep(self._latency_seconds)
+        latency = self.latency_for(request_id)
+        if latency > 0.0:
+            await asyncio.sleep(latency)  # the simulated model call itself
         if (
             self._infra_failure_rate > 0.0
             and stable_fraction("infra", self._seed, request_id) < self._infra_failure_rate
@@ -197,7 +243,7 @@ class SimulatedLLM:
             rationale=rationale,
             input_tokens=count_tokens(rendered),
             output_tokens=count_tokens(rationale),
-            latency_seconds=self._latency_seconds,
+            latency_seconds=latency,
             model_version=model_version,
             prompt_version=prompt.id,
         )

@@ -10,13 +10,20 @@ instrumentation wraps them from outside (see ``build_risk_graph``'s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
+from decimal import Decimal
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from langgraph.types import interrupt
 from pydantic import ValidationError
 
-from app.errors import InputValidationError, WorkflowError
+from app.errors import (
+    InfrastructureError,
+    InputValidationError,
+    PolicyViolationError,
+    WorkflowError,
+)
 from app.workflows.langgraph.config import WorkflowConfig
 from app.workflows.langgraph.guardrails import GuardrailSuite
 from app.workflows.langgraph.llm import SimulatedLLM
@@ -67,6 +74,9 @@ class RiskNodes:
         policies: The policy rules.
         guardrails: The checks on the model's output.
         evaluator: Optional judge called by ``evaluate``.
+        remaining_budget: Tenant id -> what is left of its budget (``None``: no
+            budget); with ``config.refuse_over_budget``, a tenant with nothing
+            left is refused before the model is called.
     """
 
     __slots__ = (
@@ -81,6 +91,7 @@ class RiskNodes:
         "_policies",
         "_registry",
         "_reject_threshold",
+        "_remaining_budget",
         "_seed",
     )
 
@@ -93,8 +104,11 @@ class RiskNodes:
         policies: PolicyEngine,
         guardrails: GuardrailSuite,
         evaluator: DecisionEvaluator | None = None,
+        remaining_budget: Callable[[str], Decimal | None] | None = None,
     ) -> None:
         self._approve_threshold = config.approve_threshold
+        # Asked before each model call when the config refuses tenants over budget.
+        self._remaining_budget = remaining_budget if config.refuse_over_budget else None
         self._reject_threshold = config.reject_threshold
         self._high_risk_threshold = config.high_risk_threshold
         self._canary_share = config.canary_share
@@ -139,10 +153,19 @@ class RiskNodes:
 
         Raises:
             InfrastructureError: If the model call fails.
+            PolicyViolationError: The tenant's budget is spent (only with
+                ``refuse_over_budget``); nothing is spent on the model.
             WorkflowError: If no transaction was validated before.
         """
         transaction = _require_transaction(state, "risk_scoring")
         request_id = state["request_id"]
+        if self._remaining_budget is not None:
+            remaining = self._remaining_budget(state["tenant_id"])
+            if remaining is not None and remaining <= 0:
+                raise PolicyViolationError(
+                    f"tenant {state['tenant_id']!r} has spent its budget for this period",
+                    policy="budget",
+                )
         selection = self._registry.select(
             request_id,
             state["tenant_id"],
@@ -150,9 +173,19 @@ class RiskNodes:
             seed=self._seed,
             pins=self._pins,
         )
-        response = await self._llm.score(
-            transaction, request_id, selection.model.name, selection.prompt
-        )
+        started = time.perf_counter()
+        try:
+            response = await self._llm.score(
+                transaction, request_id, selection.model.name, selection.prompt
+            )
+        except InfrastructureError as exc:
+            # The failed call is still a generation (status error) in the trace.
+            exc.llm_call = LLMCall(  # type: ignore[attr-defined]
+                model_version=selection.model.name, prompt_version=selection.prompt.id,
+                input_tokens=0, output_tokens=0,
+                latency_seconds=time.perf_counter() - started,
+            )
+            raise
         return {
             "risk_score": response.risk_score,
             "risk_rationale": response.rationale,

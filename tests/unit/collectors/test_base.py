@@ -462,3 +462,49 @@ def test_stats_never_wait_for_a_held_thread(harness: Harness) -> None:
     assert last.applied == 0
     assert last.alive
     gate.release.set()
+
+
+# --- the commit hook and thread ownership -------------------------------------------
+
+
+class Committer(Recorder):
+    """Remembers how many records were applied at each commit; answers ``durable``."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__("committer", **kwargs)
+        self.commits: list[int] = []
+        self.durable = True
+
+    def _commit(self) -> bool:
+        self.commits.append(len(self._store))
+        return self.durable
+
+
+def test_a_flush_resolves_with_what_the_commit_hook_answers(harness: Harness) -> None:
+    collector = Committer()
+    harness.collectors.append(collector)
+    collector.start()
+    collector.send("a")
+    collector.send(Batch(("b", "c")), 2)
+    assert flushed(collector) is True
+    assert collector.commits and collector.commits[-1] == 3  # committed before it resolved
+    collector.durable = False  # e.g. a ledger that could not write
+    collector.send("d")
+    assert flushed(collector) is False
+    assert collector.commits[-1] == 4
+    collector.durable = True
+    assert flushed(collector) is True
+    assert collector.items() == ("a", "b", "c", "d")
+
+
+def test_owns_current_thread_is_true_only_on_the_collector_thread(harness: Harness) -> None:
+    collector = harness.recorder()
+    assert collector.owns_current_thread() is False
+    assert collector.query(lambda _: collector.owns_current_thread()) is True
+    other: list[bool] = []
+    thread = threading.Thread(target=lambda: other.append(collector.owns_current_thread()))
+    thread.start()
+    thread.join(JOIN)
+    assert other == [False]
+    unstarted = harness.recorder("idle", start=False)
+    assert unstarted.owns_current_thread() is False

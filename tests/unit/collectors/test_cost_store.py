@@ -6,7 +6,9 @@ events go to two small sink collectors standing in for metrics and audit.
 
 from __future__ import annotations
 
+import itertools
 import threading
+import time
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
@@ -49,9 +51,18 @@ class HeldCost(CostStoreCollector):
         super()._apply(record)
 
 
+_EVENT_IDS = itertools.count(1)
+
+
 def cost(tenant: str, amount: str, *, model: str = "m1", request: str | None = None,
-         priced: bool = True, tokens: tuple[int, int] = (10, 20)) -> CostRecord:
-    return CostRecord(tenant, request, model, tokens[0], tokens[1], Decimal(amount), priced, 0)
+         priced: bool = True, tokens: tuple[int, int] = (10, 20),
+         event_id: str | None = None) -> CostRecord:
+    """A cost record; each gets a new event id unless one is given (the same id is billed once)."""
+    return CostRecord(
+        event_id=event_id or f"e{next(_EVENT_IDS)}", tenant_id=tenant, request_id=request,
+        model_version=model, prompt_version=None, input_tokens=tokens[0],
+        output_tokens=tokens[1], cost=Decimal(amount), priced=priced, time_ns=time.time_ns(),
+    )
 
 
 class Rig:
@@ -132,7 +143,7 @@ def test_any_costs_in_any_order_sum_exactly(entries: list[tuple[str, str, Decima
     collector.start()
     try:
         for tenant, model, amount in entries:
-            collector.send(CostRecord(tenant, None, model, 1, 1, amount, True, 0))
+            collector.send(cost(tenant, str(amount), model=model, tokens=(1, 1)))
         snap = collector.snapshot(JOIN)
         assert snap.total == sum((a for _, _, a in entries), Decimal(0))
         for tenant in {t for t, _, _ in entries}:
@@ -256,7 +267,7 @@ def test_request_costs_follow_the_generation_model(
     try:
         for number, cents in entries:
             request, amount = f"r{number}", Decimal(cents).scaleb(-2)
-            collector.send(CostRecord("t", request, "m", 1, 1, amount, True, 0))
+            collector.send(cost("t", str(amount), model="m", request=request, tokens=(1, 1)))
             if kept(request):
                 sums[request] += amount
             else:

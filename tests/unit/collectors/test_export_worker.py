@@ -9,6 +9,7 @@ receiver on loopback.
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import threading
@@ -17,6 +18,8 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
+from google.protobuf.json_format import MessageToDict
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from app.observability import Observability, ObservabilitySettings
 from collectors.base import CollectorState
@@ -435,8 +438,26 @@ def test_a_hung_exporter_never_holds_up_the_pipeline(obs_with: Any) -> None:
 # --- OTLP over HTTP ---------------------------------------------------------------------
 
 
+def _as_otlp_json(body: bytes, content_type: str | None) -> dict[str, Any]:
+    """A request body, protobuf or OTLP/JSON, as an OTLP/JSON document (hex ids)."""
+    if content_type == "application/json":
+        document: dict[str, Any] = json.loads(body)
+        return document
+    assert content_type == "application/x-protobuf", content_type
+    message = ExportTraceServiceRequest()
+    message.ParseFromString(body)
+    document = MessageToDict(message, use_integers_for_enums=True)
+    for resource_spans in document.get("resourceSpans", ()):
+        for scope_spans in resource_spans.get("scopeSpans", ()):
+            for span in scope_spans.get("spans", ()):
+                for key in ("traceId", "spanId", "parentSpanId"):
+                    if key in span:
+                        span[key] = base64.b64decode(span[key]).hex()
+    return document
+
+
 class Receiver:
-    """A loopback OTLP/HTTP receiver: keeps each POSTed JSON body."""
+    """A loopback OTLP/HTTP receiver: keeps each POSTed body (protobuf or JSON) as JSON."""
 
     def __init__(self, status: int = 200) -> None:
         self.bodies: list[dict[str, Any]] = []
@@ -453,7 +474,8 @@ class Receiver:
                 body = self.rfile.read(length)
                 receiver.paths.append(self.path)
                 receiver.authorization.append(self.headers.get("Authorization"))
-                receiver.bodies.append(json.loads(body))
+                receiver.bodies.append(
+                    _as_otlp_json(body, self.headers.get("Content-Type")))
                 reply = b"{}"
                 status = receiver.statuses.pop(0) if receiver.statuses else receiver.status
                 self.send_response(status)
@@ -477,7 +499,7 @@ class Receiver:
 
     def spans(self) -> list[dict[str, Any]]:
         return [s for body in self.bodies for rs in body["resourceSpans"]
-                for ss in rs["scopeSpans"] for s in ss["spans"]]
+                for ss in rs["scopeSpans"] for s in ss.get("spans", ())]
 
 
 @pytest.fixture
@@ -506,8 +528,8 @@ def test_otlp_export_to_a_loopback_receiver(make_obs: Any, receiver: Receiver) -
     assert (stats.name, stats.exported, stats.failed) == ("otlp", 2, 0)
     assert set(receiver.paths) == {"/v1/traces"}
     exported = {s["name"]: s for s in receiver.spans()}
-    assert set(exported) == {"workflow", "llm.generation"}
-    assert exported["llm.generation"]["parentSpanId"] == exported["workflow"]["spanId"]
+    assert set(exported) == {"workflow", "chat risk-llm-v2"}
+    assert exported["chat risk-llm-v2"]["parentSpanId"] == exported["workflow"]["spanId"]
     assert exported["workflow"]["traceId"] == f"{root.trace_id:032x}"
     attrs = {a["key"]: a["value"] for a in exported["workflow"]["attributes"]}
     assert attrs["password"] != {"stringValue": "hunter2"}  # redacted before export
@@ -546,6 +568,36 @@ def test_the_container_retries_a_retryable_otlp_answer(
     assert (stats.exported, stats.failed) == (1, 0)
     assert len(receiver.bodies) == 2  # refused once, then accepted
     assert receiver.bodies[0] == receiver.bodies[1]
+
+
+def test_the_container_reads_the_otel_variables_when_it_is_built(
+    make_obs: Any, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.url.removesuffix("/v1/traces"))
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Basic%20ZW52")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "from-env")
+    obs: Observability = make_obs()
+    with obs.tracing.span("s"):
+        pass
+    assert obs.flush(JOIN, exporters=True)
+
+    (stats,) = obs.exporter_stats()
+    assert (stats.name, stats.exported) == ("otlp", 1)
+    assert receiver.paths == ["/v1/traces"]
+    assert receiver.authorization == ["Basic ZW52"]
+    resource = {a["key"]: a["value"]["stringValue"]
+                for a in receiver.bodies[0]["resourceSpans"][0]["resource"]["attributes"]}
+    assert resource["service.name"] == "from-env"
+
+
+def test_a_malformed_otel_variable_is_refused_when_the_container_is_built(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9/v1/traces")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+    with pytest.raises(ValueError, match="OTEL_EXPORTER_OTLP_PROTOCOL must be one of"):
+        Observability(ObservabilitySettings(), start=False)
 
 
 def test_an_otlp_header_with_a_line_break_is_refused_when_the_container_is_built() -> None:

@@ -292,16 +292,16 @@ def test_a_cancelled_query_future_does_not_kill_the_thread(made: list[Any]) -> N
     assert collector.stats().alive
 
 
-def _plain_span(span_id: int) -> tuple[Any, ...]:
-    return (1, span_id, 0, "s", "node", 0, 1, "ok", None, None, ("tenant_id", "t1"), (), False)
+def _span(span_id: int) -> SpanRecord:
+    return SpanRecord(1, span_id, 0, "s", "node", 0, 1, "ok", None, None, (("tenant_id", "t1"),))
 
 
 def test_a_batch_of_spans_is_stored_at_once_and_evictions_are_counted_exactly(
     made: list[Any],
 ) -> None:
     collector = _started(made, TraceStoreCollector(capacity=5))
-    collector.send(Batch(tuple(_plain_span(i) for i in range(1, 4))), 3)
-    collector.send(Batch(tuple(_plain_span(i) for i in range(4, 12))), 8)  # more than fits
+    collector.send(Batch(tuple(_span(i) for i in range(1, 4))), 3)
+    collector.send(Batch(tuple(_span(i) for i in range(4, 12))), 8)  # more than fits
     assert collector.request_flush().result(JOIN)
 
     assert collector.counts() == (11, 6)
@@ -315,10 +315,13 @@ def test_a_batch_with_a_malformed_span_keeps_the_good_ones_and_counts_the_bad(
 ) -> None:
     collector = _started(made, TraceStoreCollector(capacity=100))
     pairs = SpanRecord(1, 3, 0, "s", "node", 0, 1, "ok", None, None, (("user", "u"),))
-    collector.send(Batch((_plain_span(1), (1, 2, 3), pairs, _plain_span(4))), 4)
+    # A plain tuple with a span's fields is not a SpanRecord: refused like any other junk.
+    plain = (1, 9, 0, "s", "node", 0, 1, "ok", None, None, (("tenant_id", "t1"),), (), False)
+    collector.send(Batch((_span(1), (1, 2, 3), pairs, plain, _span(4))), 5)
     assert collector.request_flush().result(JOIN)
 
     stats = collector.stats()
-    assert (stats.applied, stats.handler_errors) == (3, 1)
+    assert (stats.applied, stats.handler_errors) == (3, 2)
+    assert dict(stats.dropped) == {"handler_error": 2}
     assert [span.span_id for span in collector.spans()] == [1, 3, 4]
     assert collector.spans()[1].attributes == (("user", "u"),)

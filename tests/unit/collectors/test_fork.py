@@ -30,7 +30,7 @@ import pytest
 from app.observability import Observability, ObservabilitySettings
 from collectors.base import Collector
 from collectors.pipeline import Pipeline
-from collectors.records import Batch, SpanRecord
+from collectors.records import Batch, MetricRecord, SpanRecord
 
 JOIN = 10.0
 CHILD_DEADLINE = 20.0
@@ -203,14 +203,16 @@ def test_a_child_applies_the_same_label_objects_to_its_own_fresh_series(
 ) -> None:
     obs, _ = container
     actor = obs.pipeline.collectors["metrics"]
-    tenant, node = (("tenant_id", "shared"),), (("node", "n"),)
-    batch = Batch((("request_count", tenant, 1), ("node_execution_latency", node, 0.5)))
-    for _ in range(3):  # resolved, then applied at once (the compiled store caches them)
+    tenant = (("tenant_id", "shared"),)
+    node = (("node", "n"), ("tenant_id", "shared"), ("status", "ok"))
+    batch = Batch((MetricRecord("request_count", tenant, 1),
+                   MetricRecord("node_execution_latency", node, 0.5)))
+    for _ in range(3):  # the parent's series exist before the fork
         actor.send(batch, 2)
     assert obs.flush(JOIN)
 
     def child() -> dict[str, Any]:
-        for _ in range(2):  # the same objects: the child's new store, its new applier
+        for _ in range(2):  # the same record objects, applied to the child's new store
             actor.send(batch, 2)
         flushed = bool(obs.flush(JOIN))
         latency = obs.metrics.export_metrics()["node_execution_latency"]["series"]
@@ -225,7 +227,7 @@ def test_a_child_applies_the_same_label_objects_to_its_own_fresh_series(
     assert report == {
         "flushed": True,
         "requests": {"shared": 2},
-        "latency": [[{"node": "n"}, 2]],
+        "latency": [[{"node": "n", "tenant_id": "shared", "status": "ok"}, 2]],
         "errors": 0,
     }
     assert obs.flush(JOIN)

@@ -2,7 +2,10 @@
 
 The collector is driven directly with :class:`MetricRecord` messages and read
 through :meth:`MetricsStoreCollector.snapshot` (a query answered after every
-earlier record, so no flush is needed before a read).
+earlier record, so no flush is needed before a read). A record sent straight
+to the store is checked where a bad one could corrupt it: its labels must be
+exactly the declared names in the declared order, its value a finite number
+>= 0; anything else is a counted handler error.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from collectors.hotpath import COMPILED
 from collectors.metrics import OVERFLOW_LABELS, MetricsStoreCollector
 from collectors.records import Batch, MetricRecord
 from collectors.snapshots import HistogramSeries, MetricSpec, ValueSeries
@@ -24,7 +26,9 @@ JOIN = 10.0
 BOUNDS = (0.1, 1.0, 10.0)
 CATALOG = {
     "hits": MetricSpec(name="hits", prom_name="test_hits", type="counter", help="Hits.",
-                       label_names=("a", "b")),
+                       label_names=("a",)),
+    "pairs": MetricSpec(name="pairs", prom_name="test_pairs", type="counter", help="Pairs.",
+                        label_names=("a", "b")),
     "latency": MetricSpec(name="latency", prom_name="test_latency_seconds", type="histogram",
                           help="Latency.", label_names=("a",), unit="seconds", buckets=BOUNDS),
 }
@@ -72,24 +76,69 @@ def test_counters_add_per_label_set(metrics: MetricsStoreCollector) -> None:
     assert type(series[(("a", "x"),)].value) is int
 
 
-def test_label_order_does_not_create_a_new_series() -> None:
-    collector = _start(max_series_per_metric=1)
-    try:
-        collector.send(MetricRecord("hits", (("a", "1"), ("b", "2")), 1))
-        collector.send(MetricRecord("hits", (("b", "2"), ("a", "1")), 1))
-        collector.send(MetricRecord("hits", (("a", "1"), ("b", "2")), 1))
-        series = _family(collector, "hits")
-        assert series == {(("a", "1"), ("b", "2")): ValueSeries((("a", "1"), ("b", "2")), 3)}
-        _, overflowed = collector.snapshot(JOIN)
-        assert overflowed == {}  # the reordered set did not count against the cap
-    finally:
-        collector.stop(JOIN)
+def test_labels_in_another_order_are_a_counted_handler_error(
+    metrics: MetricsStoreCollector,
+) -> None:
+    declared = (("a", "1"), ("b", "2"))
+    metrics.send(MetricRecord("pairs", declared, 1))
+    metrics.send(MetricRecord("pairs", (("b", "2"), ("a", "1")), 1))  # refused, not re-sorted
+    metrics.send(MetricRecord("pairs", declared, 1))
+    assert _family(metrics, "pairs") == {declared: ValueSeries(declared, 2)}
+    _, overflowed = metrics.snapshot(JOIN)
+    assert overflowed == {}  # the refused set did not count against the cap either
+    stats = metrics.stats()
+    assert (stats.applied, stats.handler_errors, dict(stats.dropped)) == (
+        2, 1, {"handler_error": 1}
+    )
+
+
+@pytest.mark.parametrize("labels", [
+    (),  # both missing
+    (("a", "1"),),  # one missing
+    (("a", "1"), ("b", "2"), ("c", "3")),  # one undeclared
+    (("a", "1"), ("x", "2")),  # a wrong name
+    (("a", "1"), ("b", 2)),  # a value that is not a str
+    (("a", "1"), ("b", None)),
+], ids=["none", "missing", "undeclared", "wrong-name", "int-value", "none-value"])
+def test_a_label_set_that_is_not_the_declared_one_is_a_counted_handler_error(
+    metrics: MetricsStoreCollector, labels: tuple[tuple[str, object], ...],
+) -> None:
+    metrics.send(MetricRecord("pairs", labels, 1))  # type: ignore[arg-type]
+    metrics.send(MetricRecord("pairs", (("a", "1"), ("b", "2")), 1))
+    assert _family(metrics, "pairs") == {
+        (("a", "1"), ("b", "2")): ValueSeries((("a", "1"), ("b", "2")), 1)
+    }
+    stats = metrics.stats()
+    assert (stats.applied, stats.handler_errors, dict(stats.dropped)) == (
+        1, 1, {"handler_error": 1}
+    )
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1, -0.5, "1", None])
+@pytest.mark.parametrize("metric", ["hits", "latency"])
+def test_a_value_that_is_not_a_finite_number_at_least_zero_is_a_counted_handler_error(
+    metrics: MetricsStoreCollector, metric: str, value: object,
+) -> None:
+    labels = (("a", "x"),)
+    metrics.send(MetricRecord(metric, labels, 1))
+    metrics.send(MetricRecord(metric, labels, value))  # type: ignore[arg-type]
+    metrics.send(MetricRecord(metric, labels, 2))
+    series = _family(metrics, metric)[labels]
+    if isinstance(series, HistogramSeries):
+        assert (series.count, series.sum) == (2, 3)
+        assert series.buckets[-1] == (math.inf, 2)
+    else:
+        assert series.value == 3 and type(series.value) is int  # never NaN, never 0-for-NaN
+    stats = metrics.stats()
+    assert (stats.applied, stats.handler_errors, dict(stats.dropped)) == (
+        2, 1, {"handler_error": 1}
+    )
 
 
 def test_an_unknown_metric_is_a_counted_handler_error(metrics: MetricsStoreCollector) -> None:
     metrics.send(MetricRecord("nope", (), 1))
-    metrics.send(MetricRecord("hits", (), 1))
-    assert _family(metrics, "hits") == {(): ValueSeries((), 1)}
+    metrics.send(MetricRecord("hits", (("a", "x"),), 1))
+    assert _family(metrics, "hits") == {(("a", "x"),): ValueSeries((("a", "x"),), 1)}
     stats = metrics.stats()
     assert (stats.applied, stats.handler_errors, dict(stats.dropped)) == (
         1, 1, {"handler_error": 1}
@@ -128,8 +177,10 @@ def test_an_unobserved_histogram_has_no_series(metrics: MetricsStoreCollector) -
 def test_histogram_bucket_counts_equal_exact_counts(values: list[float]) -> None:
     collector = _start()
     try:
-        collector.send(Batch(tuple(MetricRecord("latency", (), v) for v in values)), len(values))
-        series = _family(collector, "latency")[()]
+        labels = (("a", "x"),)
+        collector.send(Batch(tuple(MetricRecord("latency", labels, v) for v in values)),
+                       len(values))
+        series = _family(collector, "latency")[labels]
         expected = tuple((bound, sum(1 for v in values if v <= bound)) for bound in BOUNDS)
         assert series.buckets == (*expected, (math.inf, len(values)))
         assert series.count == len(values)
@@ -192,10 +243,11 @@ def test_a_cap_below_one_is_refused() -> None:
 
 
 def test_snapshots_are_immutable_copies(metrics: MetricsStoreCollector) -> None:
-    metrics.send(MetricRecord("hits", (), 1))
+    labels = (("a", "x"),)
+    metrics.send(MetricRecord("hits", labels, 1))
     families, overflowed = metrics.snapshot(JOIN)
-    metrics.send(MetricRecord("hits", (), 1))
-    assert _family(metrics, "hits")[()].value == 2
+    metrics.send(MetricRecord("hits", labels, 1))
+    assert _family(metrics, "hits")[labels].value == 2
     (hits,) = [f for f in families if f.name == "hits"]
     assert hits.series[0].value == 1  # the earlier snapshot did not move
     with pytest.raises(AttributeError):
@@ -204,30 +256,7 @@ def test_snapshots_are_immutable_copies(metrics: MetricsStoreCollector) -> None:
     assert metrics.snapshot(JOIN)[1] == {}
 
 
-# --- batches (applied at once by the compiled store, or one by one) ----------------
-
-
-class _Spy(MetricsStoreCollector):
-    """Records what the all-or-nothing batch path answered, batch by batch."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.answers: list[bool] = []
-
-    def _apply_all(self, records: tuple[Any, ...]) -> bool:
-        answer = super()._apply_all(records)
-        self.answers.append(answer)
-        return answer
-
-
-@pytest.fixture
-def spy() -> Iterator[_Spy]:
-    collector = _Spy(CATALOG)
-    collector.start()
-    try:
-        yield collector
-    finally:
-        collector.stop(JOIN)
+# --- batches: every record applied on its own, a bad one counted alone ---------------
 
 
 def _flushed(collector: MetricsStoreCollector) -> None:
@@ -236,31 +265,29 @@ def _flushed(collector: MetricsStoreCollector) -> None:
 
 @pytest.mark.timeout(30)
 def test_a_batch_with_one_bad_record_applies_the_others_and_counts_only_that_one(
-    spy: _Spy,
+    metrics: MetricsStoreCollector,
 ) -> None:
     hits, latency = (("a", "x"),), (("a", "y"),)
-    warm = (("hits", hits, 1), ("latency", latency, 0.5))
-    spy.send(Batch(warm), 2)  # resolves both series (new ones: declined, applied one by one)
-    spy.send(Batch(warm), 2)  # every series known: applied at once when compiled
-    _flushed(spy)
-    assert spy.answers == [False, COMPILED]
+    warm = (MetricRecord("hits", hits, 1), MetricRecord("latency", latency, 0.5))
+    metrics.send(Batch(warm), 2)
+    metrics.send(Batch(warm), 2)
+    _flushed(metrics)
     bad = (
-        ("hits", hits, 1),
-        ("latency", latency, 0.25),
-        ("hits", hits, "not a number"),  # the one bad record
-        ("hits", hits, 2.5),
-        ("latency", latency, 2.0),
+        MetricRecord("hits", hits, 1),
+        MetricRecord("latency", latency, 0.25),
+        MetricRecord("hits", hits, "not a number"),  # type: ignore[arg-type]  # the bad one
+        MetricRecord("hits", hits, 2.5),
+        MetricRecord("latency", latency, 2.0),
     )
-    spy.send(Batch(bad), len(bad))
-    _flushed(spy)
-    assert spy.answers[2] is False  # declined: nothing applied at once
-    series = _family(spy, "hits")[hits]
+    metrics.send(Batch(bad), len(bad))
+    _flushed(metrics)
+    series = _family(metrics, "hits")[hits]
     assert series.value == 1 + 1 + 1 + 2.5  # each good record once: none twice, none lost
-    histogram = _family(spy, "latency")[latency]
+    histogram = _family(metrics, "latency")[latency]
     assert isinstance(histogram, HistogramSeries)
     assert histogram.count == 4
     assert histogram.sum == 0.5 + 0.5 + 0.25 + 2.0
-    stats = spy.stats()
+    stats = metrics.stats()
     assert (stats.applied, stats.handler_errors, dict(stats.dropped)) == (
         8, 1, {"handler_error": 1}
     )
@@ -269,71 +296,93 @@ def test_a_batch_with_one_bad_record_applies_the_others_and_counts_only_that_one
 @pytest.mark.timeout(30)
 @pytest.mark.parametrize("bad", [
     "not a record",
-    ("hits", (("a", "x"),)),  # two fields
-    ("hits", [("a", "x")], 1),  # unhashable labels
-    ("nope", (), 1),  # an unknown metric
-    ("latency", (("a", "z"),), "1"),  # a str observation
-    ("latency", (("a", "z"),), math.inf),  # no sketch bin for infinity
-    ("latency", (("a", "z"),), 2**1100),  # past the float range
-])
-def test_any_bad_record_declines_the_whole_batch_and_is_the_only_error(
-    spy: _Spy, bad: object,
+    ("hits", (("a", "x"),)),  # a plain tuple of two fields
+    ("hits", (("a", "x"),), 1),  # a plain tuple, not a MetricRecord
+    MetricRecord("hits", [("a", "x")], 1),  # type: ignore[arg-type]  # unhashable labels
+    MetricRecord("nope", (), 1),  # an unknown metric
+    MetricRecord("latency", (("a", "z"),), "1"),  # type: ignore[arg-type]  # a str observation
+    MetricRecord("latency", (("a", "z"),), math.inf),  # no sketch bin for infinity
+    MetricRecord("latency", (("a", "z"),), math.nan),
+    MetricRecord("latency", (("a", "z"), ("b", "q")), 1.0),  # an undeclared label
+], ids=["str", "two-fields", "plain-tuple", "unhashable-labels", "unknown-metric",
+        "str-value", "inf", "nan", "undeclared-label"])
+def test_any_bad_record_in_a_batch_is_the_only_error(
+    metrics: MetricsStoreCollector, bad: object,
 ) -> None:
-    good = (("hits", (("a", "x"),), 1), ("latency", (("a", "y"),), 0.5))
-    spy.send(Batch((*good, ("latency", (("a", "z"),), 1.0))), 3)  # every series resolved
-    _flushed(spy)
-    spy.send(Batch(good), 2)
-    _flushed(spy)
-    spy.send(Batch((*good, bad, *good)), 5)
-    _flushed(spy)
-    assert spy.answers[-2:] == [COMPILED, False]
-    assert _family(spy, "hits")[(("a", "x"),)].value == 4
-    assert _family(spy, "latency")[(("a", "y"),)].count == 4
-    stats = spy.stats()
+    good = (MetricRecord("hits", (("a", "x"),), 1), MetricRecord("latency", (("a", "y"),), 0.5))
+    metrics.send(Batch((*good, MetricRecord("latency", (("a", "z"),), 1.0))), 3)
+    metrics.send(Batch(good), 2)
+    metrics.send(Batch((*good, bad, *good)), 5)
+    _flushed(metrics)
+    assert _family(metrics, "hits")[(("a", "x"),)].value == 4
+    assert _family(metrics, "latency")[(("a", "y"),)].count == 4
+    z = _family(metrics, "latency")[(("a", "z"),)]
+    assert (z.count, z.sum) == (1, 1.0)  # a refused observation left no trace in the series
+    stats = metrics.stats()
     assert (stats.applied, stats.handler_errors) == (9, 1)
 
 
 @pytest.mark.timeout(30)
-def test_counters_in_a_batch_add_in_arrival_order(spy: _Spy) -> None:
+@pytest.mark.parametrize("metric", ["hits", "latency"])
+def test_a_value_past_the_float_range_is_refused_whole(
+    metrics: MetricsStoreCollector, metric: str,
+) -> None:
     labels = (("a", "x"),)
-    spy.send(("hits", labels, 0))
-    _flushed(spy)
+    metrics.send(MetricRecord(metric, labels, 0.5))
+    metrics.send(MetricRecord(metric, labels, 2**1100))  # an int no float can hold
+    metrics.send(MetricRecord(metric, labels, 0.25))
+    series = _family(metrics, metric)[labels]
+    if isinstance(series, HistogramSeries):
+        assert (series.count, series.sum, series.buckets[-1]) == (2, 0.75, (math.inf, 2))
+    else:
+        assert series.value == 0.75
+    stats = metrics.stats()
+    assert (stats.applied, stats.handler_errors) == (2, 1)
+
+
+@pytest.mark.timeout(30)
+def test_counters_in_a_batch_add_in_arrival_order(metrics: MetricsStoreCollector) -> None:
+    labels = (("a", "x"),)
+    metrics.send(MetricRecord("hits", labels, 0))
+    _flushed(metrics)
     amounts: list[int | float] = [0.1, 0.2, 0.3, 1, 2**70, 0.7, 3, 1e-17] * 20  # 160: a big batch
-    spy.send(Batch(tuple(("hits", labels, a) for a in amounts)), len(amounts))
+    metrics.send(Batch(tuple(MetricRecord("hits", labels, a) for a in amounts)), len(amounts))
     small = [0.1, 5, 0.2]
-    spy.send(Batch(tuple(("hits", labels, a) for a in small)), len(small))
-    _flushed(spy)
-    assert spy.answers == [COMPILED, COMPILED]
+    metrics.send(Batch(tuple(MetricRecord("hits", labels, a) for a in small)), len(small))
+    _flushed(metrics)
     total: int | float = 0
     for amount in amounts + small:  # float sums depend on the order: so must the check
         total += amount
-    value = _family(spy, "hits")[labels].value
+    value = _family(metrics, "hits")[labels].value
     assert value == total and type(value) is float
 
 
 @pytest.mark.timeout(30)
-def test_equal_label_tuples_that_are_different_objects_share_one_series(spy: _Spy) -> None:
+def test_equal_label_tuples_that_are_different_objects_share_one_series(
+    metrics: MetricsStoreCollector,
+) -> None:
     first = (("a", "x"), ("b", "y"))
     second = tuple([tuple(["a", "x"]), tuple(["b", "y"])])
-    reordered = (("b", "y"), ("a", "x"))
     assert first == second and first is not second and first[0] is not second[0]
     for _ in range(3):
-        for labels in (first, second, reordered):
-            spy.send(("hits", labels, 1))
-            spy.send(Batch((("hits", labels, 10), ("hits", labels, 100))), 2)
-    series = _family(spy, "hits")
-    assert series == {first: ValueSeries(first, 3 * 3 * 111)}
+        for labels in (first, second):
+            metrics.send(MetricRecord("pairs", labels, 1))
+            metrics.send(Batch((MetricRecord("pairs", labels, 10),
+                                MetricRecord("pairs", labels, 100))), 2)
+    series = _family(metrics, "pairs")
+    assert series == {first: ValueSeries(first, 3 * 2 * 111)}
 
 
 @pytest.mark.timeout(60)
-def test_more_label_sets_than_the_compiled_cache_holds_stay_exact() -> None:
+def test_thousands_of_label_sets_stay_exact() -> None:
     collector = _start(max_series_per_metric=10_000)
     try:
-        label_sets = [(("a", str(i)),) for i in range(6_000)]  # past the 4,096 cache slots
+        label_sets = [(("a", str(i)),) for i in range(6_000)]
         for round_ in range(3):
             for start in range(0, len(label_sets), 500):
                 chunk = label_sets[start:start + 500]
-                records = tuple(("hits", labels, round_ + 1) for labels in reversed(chunk))
+                records = tuple(MetricRecord("hits", labels, round_ + 1)
+                                for labels in reversed(chunk))
                 collector.send(Batch(records), len(records))
         series = _family(collector, "hits")
         assert len(series) == len(label_sets)
@@ -345,41 +394,39 @@ def test_more_label_sets_than_the_compiled_cache_holds_stay_exact() -> None:
 
 @pytest.mark.timeout(30)
 def test_the_same_label_objects_land_in_the_right_series_past_the_cap() -> None:
-    collector = _Spy(CATALOG, max_series_per_metric=1)
-    collector.start()
+    collector = _start(max_series_per_metric=1)
     try:
         kept, folded = (("a", "kept"),), (("a", "folded"),)
-        batch = Batch((("hits", kept, 1), ("hits", folded, 10), ("latency", kept, 0.5)))
+        batch = Batch((MetricRecord("hits", kept, 1), MetricRecord("hits", folded, 10),
+                       MetricRecord("latency", kept, 0.5)))
         for _ in range(4):
             collector.send(batch, 3)
-            collector.send(("hits", folded, 100))
-            collector.send(("hits", kept, 1000))
+            collector.send(MetricRecord("hits", folded, 100))
+            collector.send(MetricRecord("hits", kept, 1000))
         series = _family(collector, "hits")
         assert series == {
             kept: ValueSeries(kept, 4 * 1001),
             OVERFLOW_LABELS: ValueSeries(OVERFLOW_LABELS, 4 * 110),
         }
-        assert collector.snapshot(JOIN)[1] == {"hits": 8}  # folded records are never cached
-        assert not any(collector.answers)  # a folded series always takes the Python path
+        assert collector.snapshot(JOIN)[1] == {"hits": 8}  # every folded record is counted
         assert _family(collector, "latency")[kept].count == 4
     finally:
         collector.stop(JOIN)
 
 
 @pytest.mark.timeout(30)
-def test_histogram_quantiles_over_the_whole_float_range(spy: _Spy) -> None:
+def test_histogram_quantiles_over_the_whole_float_range(metrics: MetricsStoreCollector) -> None:
     labels = (("a", "wide"),)
     values = [0.0, 0.0, 5e-324, 1e-300, 1e-9, 1e-3, 0.25, 1, 7.5, 1e3, 1e250, 1e300,
               1.7976931348623157e308]
-    spy.send(("latency", labels, 0.01))  # resolves the series
-    _flushed(spy)
-    spy.send(Batch(tuple(("latency", labels, v) for v in values)), len(values))
-    spy.send(Batch(tuple(("latency", labels, 0.001 * (1 + i % 50)) for i in range(100))), 100)
+    metrics.send(MetricRecord("latency", labels, 0.01))
+    metrics.send(Batch(tuple(MetricRecord("latency", labels, v) for v in values)), len(values))
+    metrics.send(Batch(tuple(MetricRecord("latency", labels, 0.001 * (1 + i % 50))
+                             for i in range(100))), 100)
     everything = [0.01, *values, *(0.001 * (1 + i % 50) for i in range(100))]
-    series = _family(spy, "latency")[labels]
-    assert series.count == len(everything) and spy.stats().handler_errors == 0
+    series = _family(metrics, "latency")[labels]
+    assert series.count == len(everything) and metrics.stats().handler_errors == 0
     for q, estimate in ((0.5, series.p50), (0.95, series.p95), (0.99, series.p99)):
         exact = _exact_lower_rank(everything, q)
         assert estimate is not None
         assert abs(estimate - exact) <= 0.01 * exact * (1 + 1e-9)
-    assert spy.answers[-1] is COMPILED  # in the sketch array's range: applied at once

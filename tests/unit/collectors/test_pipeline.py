@@ -10,10 +10,16 @@ record holds a collector thread until the test releases it.
 from __future__ import annotations
 
 import asyncio
+import gc
+import subprocess
+import sys
 import threading
 import time
+import warnings
+import weakref
 from collections.abc import Callable, Iterator
 from decimal import Decimal
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
@@ -22,6 +28,7 @@ from app.observability import Observability
 from collectors.audit import AuditStoreCollector
 from collectors.base import Collector, CollectorState
 from collectors.cost import CostStoreCollector
+from collectors.export import CallableExporter
 from collectors.metrics import MetricsStoreCollector
 from collectors.pipeline import FlushResult, Pipeline, PipelineState
 from collectors.records import CostRecord
@@ -311,8 +318,11 @@ def test_a_staged_flush_covers_the_budget_events_the_cost_collector_emits(kit: K
                      metrics=metrics, audit=audit)
     pipeline = kit.pipeline(metrics, cost, audit)
     for tenant in ("t1", "t2"):
-        for _ in range(25):  # 1.25 each: t1 crosses 0.8 and 1.0, t2 only 0.8
-            cost.send(CostRecord(tenant, None, "m", 1, 1, Decimal("0.05"), True, 0))
+        for index in range(25):  # 1.25 each: t1 crosses 0.8 and 1.0, t2 only 0.8
+            cost.send(CostRecord(event_id=f"{tenant}-{index}", tenant_id=tenant, request_id=None,
+                                 model_version="m", prompt_version=None, input_tokens=1,
+                                 output_tokens=1, cost=Decimal("0.05"), priced=True,
+                                 time_ns=time.time_ns()))
     # The cost thread only starts applying once its marker is queued; a flush
     # that marked metrics and audit at the same time would miss the events.
     result = pipeline.flush(JOIN)
@@ -361,7 +371,8 @@ def test_close_under_load_from_16_threads_is_bounded_and_exact(make_obs: Any) ->
             for i in range(per_thread):
                 obs.metrics.increment("request_count", tenant_id=f"t{tid % 4}")
                 if i % 10 == 0:
-                    obs.metrics.observe_latency("request_latency", 0.01, tenant_id="t")
+                    obs.metrics.observe_latency("request_latency", 0.01, tenant_id="t",
+                                                workflow="w", status="ok")
         except BaseException as exc:  # recording must never raise, even mid-close
             errors.append(exc)
 
@@ -393,7 +404,7 @@ def test_recording_after_close_is_dropped_as_closed_and_raises_nothing(make_obs:
     obs.metrics.increment("request_count", tenant_id="t")
     assert obs.close().complete
     obs.metrics.increment("request_count", tenant_id="t")
-    obs.metrics.observe_latency("request_latency", 0.1, tenant_id="t")
+    obs.metrics.observe_latency("request_latency", 0.1, tenant_id="t", workflow="w", status="ok")
     obs.costs.add_cost(tenant_id="t", model_version="risk-llm-v1", input_tokens=1,
                        output_tokens=1)
     obs.costs.reset()
@@ -484,3 +495,145 @@ def test_health_never_blocks_producers_while_a_collector_is_held(kit: Kit) -> No
     stats = collector.stats()
     assert stats.applied + stats.dropped_total == 1 + producers * per_producer
     assert pipeline.health().dropped_total == stats.dropped_total
+
+
+# --- unclosed pipelines, and waits on a pipeline's own threads -------------------
+
+
+def _new_threads(before: set[threading.Thread]) -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t not in before]
+
+
+@pytest.mark.timeout(120)
+def test_unclosed_containers_are_collected_warn_and_stop_their_threads() -> None:
+    before = set(threading.enumerate())
+    count = 200
+    refs = []
+
+    with pytest.warns(ResourceWarning) as warned:
+        for _ in range(count):  # drain_at_exit is on: the exit hook must not keep them alive
+            refs.append(weakref.ref(Observability().pipeline))
+        gc.collect()
+
+    assert [ref() for ref in refs] == [None] * count
+    unclosed = [w for w in warned if "unclosed observability pipeline" in str(w.message)]
+    assert len(unclosed) == count
+    for thread in _new_threads(before):  # collector threads and the closing threads
+        thread.join(JOIN)
+    assert not _new_threads(before)
+    assert threading.active_count() == len(before)
+
+
+def test_a_closed_or_never_started_pipeline_is_collected_without_a_warning() -> None:
+    before = set(threading.enumerate())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        closed = Observability()
+        closed.close()
+        idle = Observability(start=False)
+        refs = [weakref.ref(closed.pipeline), weakref.ref(idle.pipeline)]
+        del closed, idle
+        gc.collect()
+
+    assert [ref() for ref in refs] == [None, None]
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not _new_threads(before)
+
+
+@pytest.mark.timeout(60)
+def test_at_exit_an_unclosed_container_is_still_drained_without_a_warning(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "spans.txt"
+    script = f"""
+import warnings
+warnings.simplefilter("error", ResourceWarning)
+from app.observability import Observability
+from collectors.export import CallableExporter
+
+def export(spans):
+    with open({str(out)!r}, "a", encoding="utf-8") as f:
+        f.writelines(s.name + "\\n" for s in spans)
+
+obs = Observability(exporters=[CallableExporter(export, name="file")])
+with obs.tracing.span("left-open"):
+    pass
+"""  # no close(): the exit hook drains the pipeline and stops the exporter
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=Path(__file__).resolve().parents[3],
+        capture_output=True, text=True, timeout=50, check=False,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
+    assert out.read_text(encoding="utf-8") == "left-open\n"
+
+
+def test_flush_and_close_on_an_exporter_thread_fail_at_once() -> None:
+    seen: list[tuple[str, float, BaseException | None]] = []
+    obs: Observability | None = None
+
+    def export(spans: Any) -> None:
+        assert obs is not None
+        for name, call in (("flush", lambda: obs.flush(timeout=30)),
+                           ("aflush", lambda: asyncio.run(obs.aflush(timeout=30))),
+                           ("flush_exporters", lambda: obs.flush_exporters(timeout=30)),
+                           ("close", lambda: obs.close(timeout=30))):
+            started = time.monotonic()
+            try:
+                call()
+            except RuntimeError as exc:
+                seen.append((name, time.monotonic() - started, exc))
+            else:
+                seen.append((name, time.monotonic() - started, None))
+
+    obs = Observability(exporters=[CallableExporter(export, name="probe")])
+    try:
+        with obs.tracing.span("one"):
+            pass
+        assert obs.flush(timeout=JOIN, exporters=True)
+        assert obs.state is PipelineState.RUNNING  # the refused close changed nothing
+    finally:
+        obs.close(JOIN)
+
+    assert [name for name, _, _ in seen] == ["flush", "aflush", "flush_exporters", "close"]
+    for name, elapsed, error in seen:
+        assert error is not None, name
+        assert "exporter-probe" in str(error) and "would wait for itself" in str(error)
+        assert elapsed < 1.0, (name, elapsed)
+
+
+class Call(NamedTuple):
+    fn: Callable[[], None]
+
+
+class Caller(Recorder):
+    """Runs ``Call`` records on the collector thread (as a handler or log processor might)."""
+
+    def _apply(self, record: Any) -> None:
+        if type(record) is Call:
+            record.fn()
+        else:
+            super()._apply(record)
+
+
+def test_flush_on_a_collector_thread_fails_at_once(kit: Kit) -> None:
+    collector = Caller()
+    pipeline = kit.pipeline(collector, Recorder("other"))
+    errors: list[BaseException] = []
+    elapsed: list[float] = []
+
+    def flush_from_inside() -> None:
+        started = time.monotonic()
+        try:
+            pipeline.flush(30)
+        except RuntimeError as exc:
+            errors.append(exc)
+        elapsed.append(time.monotonic() - started)
+
+    assert collector.send(Call(flush_from_inside))
+    assert pipeline.flush(JOIN)
+
+    assert len(errors) == 1 and elapsed[0] < 1.0
+    assert "'collector-rec'" in str(errors[0]) and "collector 'rec'" in str(errors[0])
+    assert pipeline.owns_current_thread() is False  # the test's thread is not one of them

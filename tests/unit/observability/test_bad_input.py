@@ -34,9 +34,11 @@ from hypothesis import strategies as st
 
 from app.errors import HighRiskError, InputValidationError
 from app.observability import Observability, PipelineState
+from app.observability.catalog import NO_NODE, NO_TENANT, build_catalog
 
 MakeObs = Callable[..., Observability]
 
+_CATALOG = build_catalog()
 _SETTINGS = settings(max_examples=120, deadline=None,
                      suppress_health_check=[HealthCheck.too_slow])
 
@@ -64,7 +66,11 @@ COUNTERS = ("request_count", "workflow_execution_count", "failure_count",
             "approval_required_count", "model_usage_count", "prompt_usage_count", "token_usage")
 HISTOGRAMS = ("node_execution_latency", "request_latency", "quality_score")
 MODELS = ("risk-llm-v2", "risk-llm-v1", "risk-llm-mini-v1")
-IDS = st.text(min_size=1, max_size=20)
+#: Valid ids and label values: non-empty, no control characters, no lone surrogates.
+_ID_CHARS = st.characters(blacklist_categories=("Cc", "Cs"))
+IDS = st.text(_ID_CHARS, min_size=1, max_size=20)
+#: Valid span attribute and metadata keys (the id rule).
+KEYS = st.text(_ID_CHARS, min_size=1, max_size=8)
 
 
 class _Draw:
@@ -116,6 +122,28 @@ def _series(obs: Observability, metric: str) -> dict[tuple[tuple[str, str], ...]
 # --- metrics ------------------------------------------------------------------
 
 
+def _labels(draw: _Draw, data: st.DataObject, metric: Any) -> dict[str, Any]:
+    """The metric's declared labels, each drawn; maybe one left out, maybe one added.
+
+    Every series must carry exactly its declared labels: a missing one
+    ("needs label") and an undeclared one ("has no label") are refused,
+    naming the label.
+    """
+    known = isinstance(metric, str) and metric in _CATALOG
+    declared = _CATALOG[metric].label_names if known else ("tenant_id",)
+    labels = {name: draw(name, IDS) for name in declared}
+    missing = data.draw(st.sampled_from((None, *declared)))
+    if missing is not None and data.draw(st.integers(0, 3)) == 0:
+        del labels[missing]
+        draw.suspects.append(missing)
+    extra = data.draw(st.sampled_from((None, "colour", "node", "status", "workflow")))
+    if extra is not None:
+        labels[extra] = draw(extra, st.nothing() if extra not in declared else IDS,
+                             st.one_of(IDS, ARBITRARY), aliases=(extra,))
+    return labels
+
+
+
 def test_increment_arbitrary_input(make_obs: MakeObs) -> None:
     obs = make_obs()
     expected: dict[tuple[str, tuple[tuple[str, str], ...]], int | float] = defaultdict(int)
@@ -127,11 +155,7 @@ def test_increment_arbitrary_input(make_obs: MakeObs) -> None:
         metric = draw("metric", st.sampled_from(COUNTERS))
         amount = draw("amount", st.one_of(st.integers(0, 10**6),
                                           st.floats(0, 1e6, allow_nan=False)))
-        labels = {"tenant_id": draw("tenant_id", IDS)}
-        extra = data.draw(st.sampled_from((None, "colour", "node", "status", "workflow")))
-        if extra is not None:
-            labels[extra] = draw(extra, st.nothing(), st.one_of(IDS, ARBITRARY),
-                                 aliases=(extra,))
+        labels = _labels(draw, data, metric)
         ok, _ = draw.call(lambda: obs.metrics.increment(metric, amount, **labels))
         if ok:
             expected[metric, tuple(sorted(labels.items()))] += amount
@@ -154,8 +178,8 @@ def test_observe_latency_arbitrary_input(make_obs: MakeObs) -> None:
         metric = draw("metric", st.sampled_from(HISTOGRAMS))
         seconds = draw("seconds", st.one_of(st.integers(0, 1000),
                                             st.floats(0, 1e4, allow_nan=False)),
-                       aliases=("latency",))
-        labels = {"tenant_id": draw("tenant_id", IDS)}
+                       aliases=("latency", "value"))  # quality_score observes a "value"
+        labels = _labels(draw, data, metric)
         observe = data.draw(st.sampled_from((obs.metrics.observe_latency,
                                              obs.metrics.observe)))
         ok, _ = draw.call(lambda: observe(metric, seconds, **labels))
@@ -239,7 +263,7 @@ def test_spans_arbitrary_input(make_obs: MakeObs) -> None:
         request = draw("request_id", st.one_of(st.none(), IDS))
         attributes = draw(
             "attributes",
-            st.dictionaries(st.text(min_size=1, max_size=8), _ATTRIBUTE_VALUES, max_size=3),
+            st.dictionaries(KEYS, _ATTRIBUTE_VALUES, max_size=3),
             st.dictionaries(st.text(max_size=8), ARBITRARY, min_size=1, max_size=3),
             aliases=("attribute",),
         )
@@ -282,10 +306,10 @@ def test_log_generation_arbitrary_input(make_obs: MakeObs) -> None:
             "estimated_cost": draw("estimated_cost", st.none(), aliases=("cost",)),
             "event_id": draw("event_id", st.one_of(st.none(), IDS)),
             "request_id": draw("request_id", st.one_of(st.none(), IDS)),
-            "name": draw("name", IDS),
+            "operation": draw("operation", IDS),
             "provider": draw("provider", IDS),
             "metadata": draw("metadata", st.one_of(st.none(), st.dictionaries(
-                st.text(min_size=1, max_size=8), _ATTRIBUTE_VALUES, max_size=3))),
+                KEYS, _ATTRIBUTE_VALUES, max_size=3)), aliases=("metadata", "attribute")),
         }
         ok, generation = draw.call(lambda: obs.langfuse.log_generation_sync(**arguments))
         if ok:
@@ -337,8 +361,10 @@ def test_evaluate_decision_arbitrary_input(make_obs: MakeObs) -> None:
     run()
     _assert_sound(obs)
     series = _series(obs, "quality_score")
-    bare = series.get((), {"count": 0})["count"]
-    labelled = sum(s["count"] for labels, s in series.items() if labels)
+    # A decision of no known tenant is scored under tenant_id="unknown".
+    bare = series.get((("tenant_id", NO_TENANT),), {"count": 0})["count"]
+    labelled = sum(s["count"] for labels, s in series.items()
+                   if labels != (("tenant_id", NO_TENANT),))
     assert (labelled, bare) == (successes["labelled"], successes["bare"])
     assert len(obs.audit.events(event="evaluation.completed")) == successes.total()
 
@@ -362,12 +388,10 @@ def test_classify_arbitrary_input(make_obs: MakeObs) -> None:
         node = draw("node", st.one_of(st.none(), IDS))
         ok, category = draw.call(lambda: obs.failures.classify(exc, tenant_id=tenant,
                                                                node=node))
-        if ok:
-            labels = {"category": category.value}
-            if tenant:
-                labels["tenant_id"] = tenant
-            if node:
-                labels["node"] = node
+        if ok:  # every series has every label: no tenant is "unknown", no node "none"
+            labels = {"category": category.value,
+                      "tenant_id": NO_TENANT if tenant is None else tenant,
+                      "node": NO_NODE if node is None else node}
             expected[tuple(sorted(labels.items()))] += 1
 
     run()

@@ -23,6 +23,7 @@ from app.observability import (
     PipelineState,
     TracingService,
 )
+from app.observability.metrics import DROP_REASONS
 from collectors.base import CollectorState
 
 MakeObs = Callable[..., Observability]
@@ -53,7 +54,8 @@ def test_defaults_work() -> None:
         assert obs.metrics_server is None
 
         obs.metrics.increment("request_count", tenant_id="t1")
-        obs.metrics.observe_latency("node_execution_latency", 0.012, node="risk_scoring")
+        obs.metrics.observe_latency("node_execution_latency", 0.012, node="risk_scoring",
+                                    tenant_id="t1", status="ok")
         cost = obs.costs.add_cost(tenant_id="t1", model_version="risk-llm-v2",
                                   input_tokens=100, output_tokens=50, request_id="r1")
         assert obs.flush(timeout=5.0)
@@ -156,17 +158,21 @@ def test_recording_after_close_raises_nothing_and_counts_dropped_closed(
     health = obs.health()
     dropped = {name: dict(stats.dropped) for name, stats in health.collectors.items()}
     assert dropped == {
-        "metrics": {"closed": 1 + 4 + 1 + 1},  # increment, usage batch, failure, quality
+        # increment; a generation's 4 usage counters and 3 GenAI histograms; failure; quality
+        "metrics": {"closed": 1 + 7 + 1 + 1},
         "cost": {"closed": 1 + 1 + 1},  # add_cost, generation, reset
         "trace": {"closed": 2},  # span, generation span
         "audit": {"closed": 1 + 1 + 1},  # log, failure, evaluation
     }
-    assert health.dropped_total == 15
+    assert health.dropped_total == 18
     assert obs.costs.get_total_cost() == 0  # reads still answer after close
-    assert obs.metrics.export_metrics()["records_dropped"]["series"] == [
+    exported = obs.metrics.export_metrics()["records_dropped"]["series"]
+    # Every (collector, reason) is exported, at 0 until it drops something.
+    assert [s for s in exported if s["value"]] == [
         {"labels": {"collector": c, "reason": "closed"}, "value": n}
         for c, n in sorted((c, d["closed"]) for c, d in dropped.items())
     ]
+    assert len(exported) == len(dropped) * len(DROP_REASONS)
 
 
 def test_close_is_idempotent(obs: Observability) -> None:

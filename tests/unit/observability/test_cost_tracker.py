@@ -20,7 +20,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.observability import CostEstimate, Observability
-from app.observability.cost_tracker import PRICE_CACHE_SIZE
 from app.observability.settings import DEFAULT_PRICE_TABLE
 
 MakeObs = Callable[..., Observability]
@@ -251,8 +250,7 @@ def test_unpriced_policy_raise(make_obs: MakeObs) -> None:
         (Decimal("0.125"), Decimal("0.125")),
         (Decimal(0), Decimal(0)),
         (2, Decimal(2)),
-        (0.1, Decimal("0.1")),  # through str(): the float's shortest repr
-        ("0.0042", Decimal("0.0042")),
+        (Decimal("0.0042"), Decimal("0.0042")),
     ],
 )
 def test_explicit_cost_override(obs: Observability, cost: Any, expected: Decimal) -> None:
@@ -270,11 +268,11 @@ def test_explicit_cost_override(obs: Observability, cost: Any, expected: Decimal
         (Decimal("Infinity"), ValueError),
         (Decimal("-0.01"), ValueError),
         (-1, ValueError),
-        (math.nan, ValueError),
-        (math.inf, ValueError),
-        ("abc", ValueError),
-        ("-inf", ValueError),
-        (Decimal("1E+15"), ValueError),
+        (math.nan, TypeError),  # a float is never exact money
+        (0.1, TypeError),
+        ("abc", TypeError),
+        ("0.0042", TypeError),
+        (Decimal("1000.01"), ValueError),  # above max_cost_per_call_usd
         (Decimal("9E+999999"), ValueError),  # would overflow the store's sums
         (True, TypeError),
         (b"1", TypeError),
@@ -410,62 +408,28 @@ def _fresh_price(model: str, input_tokens: int, output_tokens: int) -> Decimal:
                    ctx.multiply(rates.output_per_1k.scaleb(-3), output_tokens))
 
 
-def test_cached_prices_equal_fresh_ones(obs: Observability) -> None:
+def test_table_prices_are_exact(obs: Observability) -> None:
     @settings(max_examples=200, deadline=None)
-    @given(model=st.sampled_from(MODELS),
-           input_tokens=st.one_of(st.integers(0, 10**6), st.integers(0, 10**40)),
-           output_tokens=st.one_of(st.integers(0, 10**6), st.integers(0, 10**40)))
+    @given(model=st.sampled_from(MODELS), input_tokens=st.integers(0, 10_000_000),
+           output_tokens=st.integers(0, 10_000_000))
     def check(model: str, input_tokens: int, output_tokens: int) -> None:
         expected = _fresh_price(model, input_tokens, output_tokens)
-        first = obs.costs.estimate_cost(model, input_tokens, output_tokens)
-        assert (model, input_tokens, output_tokens) in obs.costs.price_cache
-        again = obs.costs.estimate_cost(model, input_tokens, output_tokens)  # cached
-        for estimate in (first, again):
-            assert type(estimate) is CostEstimate and estimate == (expected, True)
-            assert str(estimate.cost) == str(expected)  # same digits and exponent
-        assert obs.costs.price(model, input_tokens, output_tokens) == (expected, str(expected))
+        estimate = obs.costs.estimate_cost(model, input_tokens, output_tokens)
+        assert type(estimate) is CostEstimate and estimate == (expected, True)
+        assert str(estimate.cost) == str(expected)  # same digits and exponent
 
     check()
 
 
-def test_the_price_cache_is_bounded(obs: Observability) -> None:
-    for tokens in range(PRICE_CACHE_SIZE + 100):
-        assert obs.costs.estimate_cost("risk-llm-v2", tokens, 1).cost == _fresh_price(
-            "risk-llm-v2", tokens, 1)
-        assert len(obs.costs.price_cache) <= PRICE_CACHE_SIZE
-
-    assert 0 < len(obs.costs.price_cache) <= 100  # cleared once it was full
-    for tokens in range(PRICE_CACHE_SIZE + 100):  # and still right after the clear
-        assert obs.costs.estimate_cost("risk-llm-v2", tokens, 1).cost == _fresh_price(
-            "risk-llm-v2", tokens, 1)
-
-
-def test_the_price_cache_never_holds_an_unpriced_model(make_obs: MakeObs) -> None:
-    obs = make_obs(unpriced_policy="raise")
-    for _ in range(2):
-        assert obs.costs.estimate_cost("mystery", 10, 10) == CostEstimate(Decimal(0), False)
-        assert obs.costs.price("mystery", 10, 10) is None
-        with pytest.raises(ValueError, match="model_version 'mystery' has no price"):
-            _add(obs, model_version="mystery", input_tokens=10, output_tokens=10)
-    assert obs.costs.price_cache == {}
-
-
-def test_a_cached_price_does_not_let_a_bool_through(obs: Observability) -> None:
-    """``True == 1`` as a dict key: the type checks still come before the cache."""
+def test_a_bool_is_not_a_token_count(obs: Observability) -> None:
+    """``True == 1``: the type checks refuse it at every door."""
     _add(obs, input_tokens=1, output_tokens=0)
-    assert ("risk-llm-v2", 1, 0) in obs.costs.price_cache
-
     with pytest.raises(TypeError, match="input_tokens"):
         _add(obs, input_tokens=True, output_tokens=0)
     with pytest.raises(TypeError, match="input_tokens"):
         obs.langfuse.log_generation_sync(
             tenant_id="t1", model_version="risk-llm-v2", prompt_version="p1",
             input_tokens=True, output_tokens=0, latency=0.0,
-        )
-    with pytest.raises(TypeError, match="output_tokens"):
-        obs.langfuse.log_generation_sync(
-            tenant_id="t1", model_version="risk-llm-v2", prompt_version="p1",
-            input_tokens=1, output_tokens=1.0, latency=0.0,
         )
     assert obs.flush()
     assert obs.costs.get_total_cost() == Decimal("0.000003")

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel, ConfigDict
 
 from app.observability import EvaluationResult, EvaluationService, Observability
+from app.observability.catalog import NO_TENANT
 from app.workflows.langgraph.state import GuardrailResult, PolicyResult
 
 MakeObs = Callable[..., Observability]
@@ -228,7 +229,9 @@ def test_quality_score_histogram_is_observed(obs: Observability) -> None:
               for s in obs.metrics.export_metrics()["quality_score"]["series"]}
     assert series[(("tenant_id", "t1"),)]["count"] == 2
     assert series[(("tenant_id", "t1"),)]["sum"] == pytest.approx(0.845 + 0.4225)
-    assert series[()]["count"] == 1  # no tenant: recorded without the label
+    # No tenant: recorded under tenant_id="unknown" (every series has its declared labels).
+    assert series[(("tenant_id", NO_TENANT),)]["count"] == 1
+    assert set(series) == {(("tenant_id", "t1"),), (("tenant_id", NO_TENANT),)}
 
 
 def test_a_refused_tenant_label_leaves_the_state_untouched(obs: Observability) -> None:

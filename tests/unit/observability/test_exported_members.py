@@ -14,15 +14,21 @@ import app.observability
 
 EXPECTED = (
     "AuditLogger",
+    "BoundCounter",
+    "BoundHistogram",
     "CostEstimate",
     "CostTracker",
+    "CounterFamily",
     "EvaluationResult",
     "EvaluationService",
     "FailureCategory",
     "FailureClassifier",
     "FlushResult",
     "Generation",
+    "HistogramFamily",
+    "InputLimits",
     "LangfuseClient",
+    "LedgerStats",
     "MetricsCollector",
     "MetricsServerSettings",
     "ModelPrice",
@@ -37,7 +43,8 @@ EXPECTED = (
 
 SUBMODULES = (
     "audit", "catalog", "cost_tracker", "evaluation", "exposition", "failure_classifier",
-    "http_server", "langfuse_client", "metrics", "otlp", "redaction", "settings", "tracing",
+    "http_server", "langfuse_client", "metrics", "otlp", "pushgateway", "redaction", "settings",
+    "tracing", "validation",
 )
 
 

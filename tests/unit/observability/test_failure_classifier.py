@@ -19,6 +19,8 @@ from app.errors import (
     WorkflowError,
 )
 from app.observability import FailureCategory, FailureClassifier, Observability
+from app.observability.catalog import NO_NODE, NO_TENANT
+from app.observability.validation import TRUNCATION_MARKER
 
 MakeObs = Callable[..., Observability]
 C = FailureCategory
@@ -171,7 +173,8 @@ def test_classify_counts_and_emits_an_audit_event(obs: Observability) -> None:
     assert category is C.POLICY_VIOLATION
     assert _failure_counts(obs) == {
         (("category", "POLICY_VIOLATION"), ("node", "policy_check"), ("tenant_id", "t1")): 1,
-        (("category", "INFRA_ERROR"),): 1,
+        # Every series has every label: no tenant is "unknown", no node "none".
+        (("category", "INFRA_ERROR"), ("node", NO_NODE), ("tenant_id", NO_TENANT)): 1,
     }
     first, second = obs.audit.events(event="failure.classified")
     assert dict(first.fields) == {
@@ -188,7 +191,8 @@ def test_record_counts_a_known_category(obs: Observability) -> None:
     obs.failures.record(C.HIGH_RISK, tenant_id="t1", reason="routed to approval")
     obs.failures.record("HIGH_RISK", tenant_id="t1")
 
-    assert _failure_counts(obs) == {(("category", "HIGH_RISK"), ("tenant_id", "t1")): 2}
+    assert _failure_counts(obs) == {
+        (("category", "HIGH_RISK"), ("node", NO_NODE), ("tenant_id", "t1")): 2}
     events = obs.audit.events(event="failure.classified")
     assert [e.data["message"] for e in events] == ["routed to approval", None]
     assert events[0].data["error_type"] is None
@@ -220,11 +224,15 @@ def test_classify_survives_an_exception_that_cannot_be_printed(obs: Observabilit
 
     (event,) = obs.audit.events(event="failure.classified")
     assert event.data["message"] == "<unprintable _Unprintable>"
-    assert _failure_counts(obs) == {(("category", "UNEXPECTED_ERROR"),): 1}
+    assert _failure_counts(obs) == {
+        (("category", "UNEXPECTED_ERROR"), ("node", NO_NODE), ("tenant_id", NO_TENANT)): 1}
 
 
-def test_long_messages_are_truncated(obs: Observability) -> None:
+def test_long_messages_are_truncated_visibly(make_obs: MakeObs) -> None:
+    obs = make_obs(limits={"max_attribute_length": 100})
     obs.failures.classify(WorkflowError("x" * 2_000))
+    obs.failures.classify(WorkflowError("y" * 100))  # at the limit: kept whole
 
-    (event,) = obs.audit.events()
-    assert event.data["message"] == "x" * 512
+    long, exact = obs.audit.events()
+    assert long.data["message"] == "x" * 100 + TRUNCATION_MARKER.format(n=1_900)
+    assert exact.data["message"] == "y" * 100

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from urllib.error import HTTPError, URLError
 from urllib.request import ProxyHandler, Request, build_opener
@@ -59,14 +59,14 @@ class CountingRender:
     threads: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def __call__(self) -> Sequence[MetricFamily]:
+    def __call__(self, openmetrics: bool) -> str:
         with self.lock:
             self.calls += 1
             self.threads.append(threading.current_thread().name)
             if self.fail_next:
                 self.fail_next -= 1
                 raise RuntimeError("store unavailable")
-        return FAMILIES
+        return render_openmetrics(FAMILIES) if openmetrics else render_text(FAMILIES)
 
 
 @dataclass(frozen=True)

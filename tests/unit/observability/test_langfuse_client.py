@@ -1,12 +1,15 @@
 """Tests for :mod:`app.observability.langfuse_client`: in-process generation logging.
 
 One ``log_generation`` feeds three stores: the cost store (priced usage),
-the metrics (usage counters) and the trace (a ``generation`` span).
+the metrics (usage counters and the GenAI client histograms) and the trace (a
+``generation`` span named ``{operation} {model}`` with ``gen_ai.*`` attributes).
 """
 
 from __future__ import annotations
 
+import inspect
 import math
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from typing import Any
@@ -16,7 +19,8 @@ import structlog
 
 from app.observability import Generation, Observability
 from app.observability.otlp import spans_to_otlp
-from collectors.records import CostRecord
+from app.observability.tracing import START_CLAMPED_ATTRIBUTE
+from collectors.outbox import RunOutbox
 
 MakeObs = Callable[..., Observability]
 
@@ -46,16 +50,33 @@ def _nothing_recorded(obs: Observability) -> None:
     assert obs.tracing.finished_spans() == ()
     assert obs.costs.get_total_cost() == 0
     exported = obs.metrics.export_metrics()
-    for metric in ("model_usage_count", "prompt_usage_count", "token_usage"):
+    for metric in ("model_usage_count", "prompt_usage_count", "token_usage",
+                   "gen_ai_client_operation_duration", "gen_ai_client_token_usage"):
         assert exported[metric]["series"] == []
     health = obs.health()
     assert health.healthy and health.dropped_total == 0
 
 
+#: The GenAI labels of a default generation of ``_generation()``.
+GEN_AI = {
+    "gen_ai_operation_name": "chat", "gen_ai_provider_name": "simulated",
+    "gen_ai_request_model": "risk-llm-v2", "gen_ai_response_model": "risk-llm-v2",
+}
+
+
+def _histogram(obs: Observability, metric: str, **labels: str) -> Any:
+    for series in obs.metrics.export_metrics()[metric]["series"]:
+        if series["labels"] == labels:
+            return series
+    return None
+
+
 @pytest.mark.asyncio
 async def test_generation_log_is_recorded(obs: Observability) -> None:
+    # The node started a second ago: the 0.25 s call fits inside it, nothing is clamped.
     async with obs.tracing.span("risk_scoring", kind="node", tenant_id="t1",
-                                correlation_id="c1", request_id="r1") as node:
+                                correlation_id="c1", request_id="r1",
+                                start_ns=time.time_ns() - 1_000_000_000) as node:
         generation = await obs.langfuse.log_generation(
             **_generation(event_id="evt-1", metadata={"temperature": 0.0, "attempt": 1})
         )
@@ -64,26 +85,105 @@ async def test_generation_log_is_recorded(obs: Observability) -> None:
     assert generation.event_id == "evt-1"
     assert generation.trace_id == node.trace_id
     spans = {span.name: span for span in obs.tracing.finished_spans()}
-    record = spans["llm.generation"]
+    record = spans["chat risk-llm-v2"]
     assert record.kind == "generation"
+    assert record.status == "ok" and record.error_type is None
     assert record.span_id == generation.span_id
     assert record.parent_span_id == node.span_id
-    assert record.duration_ns == 250_000_000
+    assert record.start_ns >= node.start_ns
+    # It started ``latency`` before the call was logged and ended as it was logged.
+    assert abs(record.duration_ns - 250_000_000) < 50_000_000
     assert dict(record.attributes) == {
         "tenant_id": "t1",
-        "model_version": "risk-llm-v2",
-        "prompt_version": "risk-prompt-v3",
-        "input_tokens": 1200,
-        "output_tokens": 300,
-        "cost_usd": "0.0054000",
-        "priced": True,
-        "event_id": "evt-1",
-        "provider": "simulated",
         "correlation_id": "c1",
         "request_id": "r1",
         "temperature": 0.0,
         "attempt": 1,
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "simulated",
+        "gen_ai.request.model": "risk-llm-v2",
+        "gen_ai.response.model": "risk-llm-v2",
+        "gen_ai.usage.input_tokens": 1200,
+        "gen_ai.usage.output_tokens": 300,
+        "gen_ai.usage.cost.amount": 0.0054,
+        "gen_ai.usage.cost.currency": "USD",
+        "prompt_version": "risk-prompt-v3",
+        "event_id": "evt-1",
+        "priced": True,
     }
+    for retired in ("cost_usd", "model_version", "input_tokens", "output_tokens", "provider"):
+        assert retired not in record.attrs
+    assert type(record.attrs["gen_ai.usage.cost.amount"]) is float
+
+
+def test_operation_provider_and_response_model_name_the_span(obs: Observability) -> None:
+    obs.langfuse.log_generation_sync(**_generation(
+        operation="text_completion", provider="anthropic", response_model="risk-llm-v2-0613"))
+
+    (span,) = obs.tracing.finished_spans()
+    assert span.name == "text_completion risk-llm-v2"
+    assert span.attrs["gen_ai.operation.name"] == "text_completion"
+    assert span.attrs["gen_ai.provider.name"] == "anthropic"
+    assert span.attrs["gen_ai.request.model"] == "risk-llm-v2"
+    assert span.attrs["gen_ai.response.model"] == "risk-llm-v2-0613"
+    labels = {"gen_ai_operation_name": "text_completion", "gen_ai_provider_name": "anthropic",
+              "gen_ai_request_model": "risk-llm-v2",
+              "gen_ai_response_model": "risk-llm-v2-0613"}
+    assert _histogram(obs, "gen_ai_client_operation_duration", **labels,
+                      error_type="none")["count"] == 1
+
+
+def test_a_call_longer_than_its_parent_has_run_is_clamped_to_the_parent_start(
+    obs: Observability,
+) -> None:
+    with obs.tracing.span("risk_scoring", kind="node", tenant_id="t1") as node:
+        obs.langfuse.log_generation_sync(**_generation(latency=3600.0))
+
+    spans = {span.name: span for span in obs.tracing.finished_spans()}
+    generation = spans["chat risk-llm-v2"]
+    assert generation.start_ns == node.start_ns  # a child never starts before its parent
+    assert generation.attrs[START_CLAMPED_ATTRIBUTE] is True
+    assert generation.end_ns <= spans["risk_scoring"].end_ns
+    assert START_CLAMPED_ATTRIBUTE not in spans["risk_scoring"].attrs
+    # The metric keeps the latency the caller measured.
+    series = _histogram(obs, "gen_ai_client_operation_duration", **GEN_AI, error_type="none")
+    assert series["sum"] == 3600.0
+
+
+def test_a_failed_call_is_a_generation_span_with_an_error_and_costs_nothing(
+    obs: Observability,
+) -> None:
+    with obs.tracing.span("risk_scoring", kind="node", tenant_id="t1", request_id="r1",
+                          start_ns=time.time_ns() - 1_000_000_000):
+        generation = obs.langfuse.log_generation_sync(
+            **_generation(error=TimeoutError("the model did not answer"), output_tokens=0))
+
+    assert (generation.cost, generation.priced) == (Decimal(0), False)
+    spans = {span.name: span for span in obs.tracing.finished_spans()}
+    span = spans["chat risk-llm-v2"]
+    assert span.kind == "generation" and span.status == "error"
+    assert span.error_type == "TimeoutError"
+    assert span.error_message == "the model did not answer"
+    assert span.attrs["error.type"] == "TimeoutError"
+    assert span.attrs["gen_ai.usage.cost.amount"] == 0.0 and span.attrs["priced"] is False
+    assert [event.name for event in span.events] == ["exception"]
+    assert spans["risk_scoring"].status == "ok"  # the caller decides about its own span
+    assert obs.costs.get_tenant_cost("t1") == 0 and obs.costs.get_request_cost("r1") is None
+    exported = obs.metrics.export_metrics()
+    for metric in ("model_usage_count", "prompt_usage_count", "token_usage",
+                   "gen_ai_client_token_usage"):
+        assert exported[metric]["series"] == []
+    (duration,) = exported["gen_ai_client_operation_duration"]["series"]
+    assert duration["labels"] == {**GEN_AI, "error_type": "TimeoutError"}
+    assert (duration["count"], duration["sum"]) == (1, 0.25)
+
+
+def test_a_failed_call_is_held_to_the_same_argument_rules(obs: Observability) -> None:
+    with pytest.raises(ValueError, match="input_tokens"):
+        obs.langfuse.log_generation_sync(**_generation(error=TimeoutError(), input_tokens=-1))
+    with pytest.raises(TypeError, match="error"):
+        obs.langfuse.log_generation_sync(**_generation(error="timeout"))
+    _nothing_recorded(obs)
 
 
 def test_generation_without_a_parent_starts_its_own_trace(obs: Observability) -> None:
@@ -126,6 +226,24 @@ def test_metrics_are_updated(obs: Observability) -> None:
                     direction="output") == 300
     (cost,) = obs.metrics.export_metrics()["cost_usd"]["series"]
     assert cost["value"] == Decimal("0.0054") + Decimal("0.00003")
+    duration = _histogram(obs, "gen_ai_client_operation_duration", **GEN_AI, error_type="none")
+    assert (duration["count"], duration["sum"]) == (2, 0.5)
+    tokens_in = _histogram(obs, "gen_ai_client_token_usage", **GEN_AI,
+                           gen_ai_token_type="input")
+    tokens_out = _histogram(obs, "gen_ai_client_token_usage", **GEN_AI,
+                            gen_ai_token_type="output")
+    assert (tokens_in["count"], tokens_in["sum"]) == (2, 1210)
+    assert (tokens_out["count"], tokens_out["sum"]) == (2, 300)
+    assert tokens_in["buckets"]["1024.0"] == 1 and tokens_in["buckets"]["4096.0"] == 2
+
+
+def test_the_same_event_logged_twice_is_billed_once(obs: Observability) -> None:
+    first = obs.langfuse.log_generation_sync(**_generation(event_id="evt-7", request_id="r1"))
+    again = obs.langfuse.log_generation_sync(**_generation(event_id="evt-7", request_id="r1"))
+
+    assert first.event_id == again.event_id == "evt-7"
+    assert obs.costs.get_tenant_cost("t1") == Decimal("0.0054")
+    assert obs.costs.get_request_cost("r1") == Decimal("0.0054")
 
 
 def test_explicit_cost_overrides_the_price_table(obs: Observability) -> None:
@@ -167,15 +285,25 @@ def test_generation_span_exports_gen_ai_attributes(obs: Observability) -> None:
     assert attributes["gen_ai.usage.input_tokens"] == {"intValue": "1200"}
     assert attributes["gen_ai.usage.output_tokens"] == {"intValue": "300"}
     assert attributes["gen_ai.provider.name"] == {"stringValue": "anthropic"}
+    assert attributes["gen_ai.operation.name"] == {"stringValue": "chat"}
+    assert attributes["gen_ai.usage.cost.amount"] == {"doubleValue": 0.0054}
+    assert attributes["gen_ai.usage.cost.currency"] == {"stringValue": "USD"}
+    assert span["name"] == "chat risk-llm-v2"
 
 
 def test_metadata_cannot_overwrite_the_engine_attributes(obs: Observability) -> None:
-    obs.langfuse.log_generation_sync(**_generation(metadata={"tenant_id": "other",
-                                                              "cost_usd": "0"}))
+    obs.langfuse.log_generation_sync(**_generation(metadata={
+        "tenant_id": "other", "gen_ai.usage.cost.amount": 0.0, "gen_ai.request.model": "x",
+        "event_id": "forged", "priced": False,
+    }))
 
     (span,) = obs.tracing.finished_spans()
     assert span.attrs["tenant_id"] == "t1"
-    assert span.attrs["cost_usd"] == "0.0054000"
+    assert span.attrs["gen_ai.usage.cost.amount"] == 0.0054
+    assert span.attrs["gen_ai.request.model"] == "risk-llm-v2"
+    assert span.attrs["event_id"] != "forged" and span.attrs["priced"] is True
+    assert [key for key, _ in span.attributes].count("tenant_id") == 1
+    assert obs.tracing.finished_spans(tenant_id="other") == ()  # never another tenant's span
 
 
 @pytest.mark.parametrize(
@@ -198,13 +326,21 @@ def test_metadata_cannot_overwrite_the_engine_attributes(obs: Observability) -> 
         ({"estimated_cost": -1}, ValueError, "cost"),
         ({"event_id": ""}, ValueError, "event_id"),
         ({"request_id": ""}, ValueError, "request_id"),
-        ({"name": ""}, ValueError, "name"),
+        ({"operation": ""}, ValueError, "operation"),
+        ({"operation": None}, TypeError, "operation"),
         ({"provider": 1}, TypeError, "provider"),
+        ({"response_model": ""}, ValueError, "response_model"),
+        ({"tenant_id": "t\n1"}, ValueError, "tenant_id.*control character"),
+        ({"model_version": "m" * 257}, ValueError, "model_version.*longer than 256"),
+        ({"input_tokens": 10_000_001}, ValueError, "input_tokens"),
+        ({"estimated_cost": Decimal("1000.01")}, ValueError, "cost"),
+        ({"estimated_cost": 0.5}, TypeError, "cost"),
         ({"metadata": [("k", "v")]}, TypeError, "metadata"),
-        ({"metadata": {"k": None}}, TypeError, "metadata"),
-        ({"metadata": {"k": [1, 2]}}, TypeError, "metadata"),
-        ({"metadata": {"k": math.nan}}, ValueError, "metadata"),
-        ({"metadata": {"": "v"}}, ValueError, "metadata"),
+        # A bad metadata entry is named by its key.
+        ({"metadata": {"k": None}}, TypeError, "attribute k "),
+        ({"metadata": {"k": [1, 2]}}, TypeError, "attribute k "),
+        ({"metadata": {"k": math.nan}}, ValueError, "attribute k "),
+        ({"metadata": {"": "v"}}, ValueError, "attribute key"),
     ],
 )
 def test_bad_input_raises_and_records_nothing(
@@ -230,230 +366,119 @@ def test_batched_run_carries_generations_to_the_root_end(obs: Observability) -> 
 
 def test_generations_count_toward_the_outbox_limit(obs: Observability) -> None:
     """A run that only logs generations is still sent early once it reaches the limit."""
+    limit = inspect.signature(RunOutbox).parameters["limit"].default
+    # Each generation adds its cost, then its span together with its seven metric
+    # records (usage counters and the GenAI histograms): nine records.
+    per_call = 9
+    calls = limit // per_call + 1  # the last one's span and metrics reach the limit
     root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1", batch=True)
-    assert root.outbox is not None
-    root.outbox.limit = 10
-    for _ in range(3):
+    assert type(root.sink) is RunOutbox
+    generations = [
         obs.langfuse.log_generation_sync(
             tenant_id="t1", model_version="risk-llm-v2", prompt_version="p/v1",
             input_tokens=1, output_tokens=1, latency=0.0,
         )
-    # Each generation adds a span and four usage metrics: the second reaches the limit
-    # (2 + 8 records) and sends the run so far; the third stays for the root's end.
-    assert (len(root.outbox.spans), len(root.outbox.metrics)) == (1, 4)
+        for _ in range(calls)
+    ]
+    assert (calls - 1) * per_call + 1 < limit <= calls * per_call
     assert obs.flush(5.0)
-    assert len(obs.tracing.finished_spans()) == 2
+    # Sent early, before the run ends: every cost and every span.
+    assert obs.costs.get_tenant_cost("t1") == sum(g.cost for g in generations)
+    assert len(obs.tracing.finished_spans()) == calls
     obs.tracing.end_span_sync(root)
     assert obs.flush(5.0)
-    assert len(obs.tracing.finished_spans()) == 4
+    assert len(obs.tracing.finished_spans()) == calls + 1
+    assert _counter(obs, "model_usage_count", model_version="risk-llm-v2",
+                    tenant_id="t1") == calls
 
 
-# --- the fast path and the checked path record the same things ---------------------
-#
-# ``log_generation_sync`` takes a fast path for the common call (valid arguments, a
-# priced model, no metadata, no explicit cost) and a checked path otherwise. An empty
-# ``metadata`` mapping adds nothing but sends a call down the checked path, so two
-# containers with the same ``id_seed`` doing the same calls, one with ``metadata={}``,
-# must record exactly the same records (timestamps aside) and draw the same ids.
-
-_WORKFLOW_CALL: dict[str, Any] = {
-    "tenant_id": "t1", "model_version": "risk-llm-v2", "prompt_version": "risk_scoring/v3",
-    "input_tokens": 412, "output_tokens": 96, "latency": 0.0123, "provider": "simulated",
-}
+# --- where the records go ----------------------------------------------------------
 
 
-def _untimed_span(record: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A span record without its start and end times (fields 5 and 6)."""
-    return tuple(record[:5]) + tuple(record[7:])
+def test_a_generation_after_its_run_ended_goes_straight_through(obs: Observability) -> None:
+    """A task of the run that outlived its root: nothing waits for a close that happened."""
+    root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1", request_id="r1",
+                                       batch=True)
+    node = obs.tracing.start_span_sync("risk_scoring", kind="node")
+    assert node.sink is root.sink
+    obs.tracing.end_span_sync(root)  # the root ends first; the node is still current
+    assert obs.tracing.current_span() is node
+    generation = obs.langfuse.log_generation_sync(**_generation())
 
-
-def _untimed_cost(record: tuple[Any, ...]) -> tuple[Any, ...]:
-    """A cost record without its timestamp (the last field)."""
-    return tuple(record[:7])
-
-
-def _log(obs: Observability, checked: bool, **arguments: Any) -> Generation:
-    if checked:
-        arguments["metadata"] = {}
-    return obs.langfuse.log_generation_sync(**arguments)
-
-
-def _batched_run(obs: Observability, checked: bool, calls: int, **overrides: Any) -> Any:
-    """A workflow-like run: generations inside a node span of a batched root."""
-    root = obs.tracing.start_span_sync(
-        "wf", kind="workflow", root=True, tenant_id="t1", correlation_id="c1",
-        request_id="r1", batch=True,
-    )
-    node = obs.tracing.start_child_span("risk_scoring", "node")
-    outbox = node.outbox
-    assert outbox is not None and outbox is root.outbox
-    outbox.limit = 10_000  # keep everything in the outbox to compare it
-    generations = [_log(obs, checked, **{**_WORKFLOW_CALL, **overrides}) for _ in range(calls)]
-    taken = (
-        [_untimed_span(span) for span in outbox.spans],
-        list(outbox.metrics),
-        [_untimed_cost(cost) for cost in outbox.costs],
-        generations,
-    )
-    obs.tracing.end_span_sync(node)
-    obs.tracing.end_span_sync(root)
-    return taken
-
-
-@pytest.mark.parametrize("ratio", [1.0, 0.0], ids=["sampled", "sampled-out"])
-def test_fast_and_checked_paths_fill_the_outbox_alike(make_obs: MakeObs, ratio: float) -> None:
-    fast = make_obs(id_seed=99, sample_ratio=ratio)
-    checked = make_obs(id_seed=99, sample_ratio=ratio)
-
-    spans, metrics, costs, generations = _batched_run(fast, False, 3)
-    assert (spans, metrics, costs, generations) == _batched_run(checked, True, 3)
-
-    assert len(spans) == (3 if ratio else 0)
-    assert len(metrics) == 12 and len(costs) == 3
-    first = generations[0]
-    assert first.cost == Decimal("0.0018120") and first.priced is True
-    assert first.event_id.startswith("gen-") and len(first.event_id) == 4 + 24
-    if ratio:
-        assert spans[0][:2] == (first.trace_id, first.span_id)
-        assert dict(zip(spans[0][8][::2], spans[0][8][1::2], strict=True)) == {
-            "tenant_id": "t1", "model_version": "risk-llm-v2",
-            "prompt_version": "risk_scoring/v3", "input_tokens": 412, "output_tokens": 96,
-            "cost_usd": "0.0018120", "priced": True, "event_id": first.event_id,
-            "provider": "simulated", "correlation_id": "c1", "request_id": "r1",
-        }
-    for obs in (fast, checked):
-        assert obs.flush()
-        assert obs.costs.get_request_cost("r1") == 3 * Decimal("0.0018120")
-
-
-def test_the_fast_path_builds_cost_records(obs: Observability) -> None:
-    """The cost collector checks ``isinstance(record, CostRecord)``: plain tuples would fail."""
-    root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1", batch=True)
-    assert root.outbox is not None
-    obs.langfuse.log_generation_sync(**_WORKFLOW_CALL)
-    (cost,) = root.outbox.costs
-    generation = obs.langfuse.log_generation_sync(**_WORKFLOW_CALL)
-    obs.tracing.end_span_sync(root)
-
-    assert type(cost) is CostRecord
-    assert cost.time_ns > 0 and cost.request_id is None
-    assert type(generation) is Generation
     assert obs.flush()
-    health = obs.health()
-    assert health.collectors["cost"].handler_errors == 0
-    assert obs.costs.get_tenant_cost("t1") == 2 * Decimal("0.0018120")
-
-
-def _recorded(obs: Observability) -> tuple[Any, ...]:
-    assert obs.flush()
-    spans = tuple(_untimed_span(tuple(span)) for span in obs.tracing.finished_spans())
-    snapshot = obs.costs.snapshot()
-    exported = obs.metrics.export_metrics()
-    usage = {metric: sorted((sorted(s["labels"].items()), s["value"])
-                            for s in exported[metric]["series"])
-             for metric in ("model_usage_count", "prompt_usage_count", "token_usage")}
-    return spans, snapshot.by_tenant, snapshot.usage, dict(snapshot.unpriced), usage
-
-
-@pytest.mark.parametrize("where", ["no-parent", "plain-parent", "remote-parent",
-                                   "closed-outbox"])
-def test_fast_and_checked_paths_send_alike(make_obs: MakeObs, where: str) -> None:
-    results = []
-    for checked in (False, True):
-        obs = make_obs(id_seed=5)
-        generations = []
-        for request in ("r1", None):
-            if where == "no-parent":
-                generations.append(_log(obs, checked, request_id=request, **_WORKFLOW_CALL))
-            elif where == "remote-parent":
-                remote = obs.tracing.extract(
-                    {"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
-                assert remote is not None
-                token = obs.tracing.attach(remote)
-                try:
-                    generations.append(_log(obs, checked, request_id=request, **_WORKFLOW_CALL))
-                finally:
-                    obs.tracing.detach(token)
-            else:
-                batch = where == "closed-outbox"
-                with obs.tracing.span("node", kind="node", tenant_id="t1",
-                                      correlation_id="c1", request_id=request,
-                                      batch=batch) as node:
-                    if batch:  # its run ended meanwhile: the generation is sent directly
-                        assert node.outbox is not None
-                        node.outbox.open = False
-                    generations.append(_log(obs, checked, **_WORKFLOW_CALL))
-        results.append((generations, _recorded(obs)))
-
-    assert results[0] == results[1]
-    generations, (spans, by_tenant, _, _, _) = results[0]
-    assert by_tenant == {"t1": 2 * Decimal("0.0018120")}
-    generation_spans = [span for span in spans if span[4] == "generation"]
-    assert [span[:2] for span in generation_spans] == [
-        (g.trace_id, g.span_id) for g in generations]
-    if where == "remote-parent":
-        assert all(span[0] == int("ab" * 16, 16) for span in generation_spans)
-        assert all(span[2] == int("cd" * 8, 16) and span[-1] for span in generation_spans)
-
-
-class _ClosingList(list[Any]):
-    """An outbox list whose first append closes the outbox, as a root ending meanwhile."""
-
-    def __init__(self, outbox: Any) -> None:
-        super().__init__()
-        self._outbox = outbox
-
-    def append(self, item: Any) -> None:
-        self._outbox.open = False
-        super().append(item)
-
-
-@pytest.mark.parametrize("ratio", [1.0, 0.0], ids=["sampled", "sampled-out"])
-@pytest.mark.parametrize("checked", [False, True], ids=["fast", "checked"])
-def test_an_outbox_closed_during_the_call_is_sent_by_the_caller(
-    make_obs: MakeObs, checked: bool, ratio: float
-) -> None:
-    obs = make_obs(id_seed=3, sample_ratio=ratio)
-    root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1",
-                                       request_id="r1", batch=True)
-    outbox = root.outbox
-    assert outbox is not None
-    outbox.costs = _ClosingList(outbox)  # closed by the cost record's append
-
-    generation = _log(obs, checked, **_WORKFLOW_CALL)
-
-    assert (outbox.spans, outbox.metrics, list(outbox.costs)) == ([], [], [])
-    assert obs.flush()
-    if ratio:
-        (span,) = obs.tracing.finished_spans()
-        assert (span.trace_id, span.span_id) == (generation.trace_id, generation.span_id)
-    else:
-        assert obs.tracing.finished_spans() == ()
+    spans = {span.name: span for span in obs.tracing.finished_spans()}
+    assert set(spans) == {"wf", "chat risk-llm-v2"}
+    assert spans["chat risk-llm-v2"].parent_span_id == node.span_id
     assert obs.costs.get_request_cost("r1") == generation.cost
     assert _counter(obs, "token_usage", tenant_id="t1", model_version="risk-llm-v2",
-                    direction="input") == 412
-    obs.tracing.end_span_sync(root)
+                    direction="input") == 1200
+    obs.tracing.end_span_sync(node)
+    assert obs.flush()
+    assert len(obs.tracing.finished_spans()) == 3
+    assert obs.health().dropped_total == 0
 
 
-@pytest.mark.parametrize("checked", [False, True], ids=["fast", "checked"])
-def test_unpriced_models_keep_their_policy_on_every_call(
-    make_obs: MakeObs, checked: bool
+@pytest.mark.parametrize("ratio", [1.0, 0.0], ids=["sampled", "sampled-out"])
+def test_a_batched_generation_records_the_same_as_a_direct_one(
+    make_obs: MakeObs, ratio: float,
 ) -> None:
-    """The price cache never holds an unpriced model: each call flags or raises."""
+    """Sampling and batching decide where and whether the span goes, never the totals."""
+    direct, batched = make_obs(sample_ratio=ratio), make_obs(sample_ratio=ratio)
+    for _ in range(3):
+        direct.langfuse.log_generation_sync(**_generation(request_id="r1"))
+    with batched.tracing.span("wf", kind="workflow", tenant_id="t1", request_id="r1",
+                              batch=True):
+        for _ in range(3):
+            batched.langfuse.log_generation_sync(**_generation())
+
+    results = []
+    for obs in (direct, batched):
+        assert obs.flush()
+        exported = obs.metrics.export_metrics()
+        usage = {metric: sorted((sorted(s["labels"].items()), s.get("value", s.get("count")))
+                                for s in exported[metric]["series"])
+                 for metric in ("model_usage_count", "prompt_usage_count", "token_usage",
+                                "gen_ai_client_operation_duration",
+                                "gen_ai_client_token_usage")}
+        generations = [span for span in obs.tracing.finished_spans()
+                       if span.kind == "generation"]
+        results.append((obs.costs.get_request_cost("r1"), usage, len(generations)))
+        assert obs.health().collectors["cost"].handler_errors == 0
+    assert results[0] == results[1]
+    assert results[0][0] == 3 * Decimal("0.0054")
+    assert results[0][2] == (3 if ratio else 0)
+
+
+def test_a_generation_under_a_remote_parent_joins_its_trace(obs: Observability) -> None:
+    remote = obs.tracing.extract({"traceparent": f"00-{'ab' * 16}-{'cd' * 8}-01"})
+    assert remote is not None
+    token = obs.tracing.attach(remote)
+    try:
+        generation = obs.langfuse.log_generation_sync(**_generation(request_id="r1"))
+    finally:
+        obs.tracing.detach(token)
+
+    (span,) = obs.tracing.finished_spans()
+    assert (span.trace_id, span.span_id) == (generation.trace_id, generation.span_id)
+    assert span.trace_id == int("ab" * 16, 16)
+    assert span.parent_span_id == int("cd" * 8, 16) and span.remote_parent
+    assert obs.costs.get_request_cost("r1") == generation.cost
+
+
+def test_unpriced_models_keep_their_policy_on_every_call(make_obs: MakeObs) -> None:
+    """Each call flags (or refuses) an unpriced model; the warning is rate-limited."""
     flagging, raising = make_obs(), make_obs(unpriced_policy="raise")
     with structlog.testing.capture_logs() as logs:
         for _ in range(3):
-            generation = _log(flagging, checked,
-                              **{**_WORKFLOW_CALL, "model_version": "mystery"})
+            generation = flagging.langfuse.log_generation_sync(
+                **_generation(model_version="mystery"))
             assert (generation.cost, generation.priced) == (0, False)
             with pytest.raises(ValueError, match="model_version 'mystery' has no price"):
-                _log(raising, checked, **{**_WORKFLOW_CALL, "model_version": "mystery"})
+                raising.langfuse.log_generation_sync(**_generation(model_version="mystery"))
 
     warnings = [log for log in logs if log["event"] == "observability.unpriced_model"]
     assert [log["model_version"] for log in warnings] == ["mystery"]  # rate-limited
     assert flagging.flush()
     assert flagging.costs.snapshot().unpriced == {"mystery": 3}
     assert all(span.attrs["priced"] is False for span in flagging.tracing.finished_spans())
-    for obs in (flagging, raising):
-        assert all(key[0] != "mystery" for key in obs.costs.price_cache)
     _nothing_recorded(raising)

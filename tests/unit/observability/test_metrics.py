@@ -23,9 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app.errors import HighRiskError, InfrastructureError
 from app.observability import Observability, ObservabilitySettings
-from app.observability.catalog import PIPELINE_METRICS, build_catalog
+from app.observability.catalog import NO_NODE, NO_TENANT, PIPELINE_METRICS, build_catalog
 from app.observability.metrics import format_bound
-from collectors.snapshots import DEFAULT_LATENCY_BUCKETS
+from app.observability.settings import DEFAULT_NODE_LATENCY_BUCKETS
 
 MakeObs = Callable[..., Observability]
 
@@ -40,6 +40,11 @@ def _value(obs: Observability, metric: str, **labels: str) -> Any:
         if series["labels"] == labels:
             return series.get("value", series)
     return None
+
+
+#: Complete label sets of ``request_count`` and ``request_latency``.
+T1 = {"tenant_id": "t1"}
+REQ = {"tenant_id": "t1", "workflow": "risk_assessment", "status": "ok"}
 
 
 def _samples(text: str) -> dict[str, list[Any]]:
@@ -61,20 +66,23 @@ def test_counters_increment_correctly(obs: Observability) -> None:
 
 def test_histogram_tracks_latency(obs: Observability) -> None:
     for seconds in (0.0004, 0.012, 0.012, 0.3, 7.0, 120.0):
-        obs.metrics.observe_latency("node_execution_latency", seconds, node="risk_scoring")
+        obs.metrics.observe_latency("node_execution_latency", seconds, node="risk_scoring",
+                                    tenant_id="t1", status="ok")
 
     (series,) = _series(obs, "node_execution_latency")
-    assert series["labels"] == {"node": "risk_scoring"}
+    assert series["labels"] == {"node": "risk_scoring", "tenant_id": "t1", "status": "ok"}
     assert series["count"] == 6
     assert series["sum"] == pytest.approx(0.0004 + 0.012 * 2 + 0.3 + 7.0 + 120.0)
     buckets = series["buckets"]
-    assert list(buckets) == [format_bound(b) for b in DEFAULT_LATENCY_BUCKETS] + ["+Inf"]
+    # Node latencies have their own, finer buckets (from 50 µs); requests keep the default.
+    assert list(buckets) == [format_bound(b) for b in DEFAULT_NODE_LATENCY_BUCKETS] + ["+Inf"]
+    assert buckets["5e-05"] == 0
     assert buckets["0.0005"] == 1
     assert buckets["0.01"] == 1
     assert buckets["0.025"] == 3
     assert buckets["0.5"] == 4
+    assert buckets["5.0"] == 4
     assert buckets["10.0"] == 5
-    assert buckets["60.0"] == 5
     assert buckets["+Inf"] == 6
     assert series["p50"] == pytest.approx(0.012, rel=0.011)
     assert series["p99"] == pytest.approx(7.0, rel=0.011)
@@ -84,9 +92,9 @@ def test_tenant_metrics_are_separate_series(obs: Observability) -> None:
     for _ in range(3):
         obs.metrics.increment("request_count", tenant_id="t1")
     obs.metrics.increment("request_count", tenant_id="t2")
-    obs.metrics.observe_latency("request_latency", 0.1, tenant_id="t1")
-    obs.metrics.observe_latency("request_latency", 0.2, tenant_id="t2")
-    obs.metrics.observe_latency("request_latency", 0.3, tenant_id="t2")
+    for tenant, seconds in (("t1", 0.1), ("t2", 0.2), ("t2", 0.3)):
+        obs.metrics.observe_latency("request_latency", seconds, tenant_id=tenant,
+                                    workflow="risk_assessment", status="ok")
 
     assert _value(obs, "request_count", tenant_id="t1") == 3
     assert _value(obs, "request_count", tenant_id="t2") == 1
@@ -104,8 +112,12 @@ def test_failure_metrics_increment(obs: Observability) -> None:
 
     assert _value(obs, "failure_count", category="HIGH_RISK", tenant_id="t1",
                   node="risk_scoring") == 2
-    assert _value(obs, "failure_count", category="INFRA_ERROR", tenant_id="t1") == 1
-    assert _value(obs, "failure_count", category="UNEXPECTED_ERROR") == 1
+    # Every series has every declared label: no node is "none", no tenant "unknown".
+    assert _value(obs, "failure_count", category="INFRA_ERROR", tenant_id="t1",
+                  node=NO_NODE) == 1
+    assert _value(obs, "failure_count", category="UNEXPECTED_ERROR", tenant_id=NO_TENANT,
+                  node=NO_NODE) == 1
+    assert (NO_TENANT, NO_NODE) == ("unknown", "none")
 
 
 def test_observe_records_non_latency_histograms(obs: Observability) -> None:
@@ -122,7 +134,8 @@ def test_observe_records_non_latency_histograms(obs: Observability) -> None:
 
 def test_export_metrics_shape(obs: Observability) -> None:
     obs.metrics.increment("request_count", tenant_id="t1")
-    obs.metrics.observe_latency("node_execution_latency", 0.012, node="risk_scoring")
+    obs.metrics.observe_latency("node_execution_latency", 0.012, node="risk_scoring",
+                                tenant_id="t1", status="ok")
     obs.costs.add_cost(tenant_id="t1", model_version="risk-llm-v2", input_tokens=10,
                        output_tokens=5, request_id="r1")
 
@@ -172,7 +185,7 @@ async def test_async_export(obs: Observability) -> None:
 
 
 def test_prometheus_rendering_parses_with_prometheus_client(obs: Observability) -> None:
-    awkward = 'quote " backslash \\ newline \n end'
+    awkward = 'quote " backslash \\ end'  # a newline is refused (a control character)
     obs.metrics.increment("request_count", tenant_id="t1")
     obs.metrics.increment("request_count", 2, tenant_id=awkward)
     obs.metrics.observe_latency("node_execution_latency", 0.012, node="risk_scoring",
@@ -220,7 +233,7 @@ def test_prometheus_rendering_counts_dropped_records() -> None:
 
         dropped = {(s.labels["collector"], s.labels["reason"]): s.value
                    for s in samples["observability_records_dropped"]}
-        assert dropped == {("metrics", "queue_full"): 2.0}
+        assert {key: n for key, n in dropped.items() if n} == {("metrics", "queue_full"): 2.0}
         assert [s.value for s in samples["risk_engine_requests"]] == [1.0]
         applied = {s.labels["collector"]: s.value
                    for s in samples["observability_records_applied"]}
@@ -235,7 +248,8 @@ def test_openmetrics_rendering_parses(obs: Observability) -> None:
     )
 
     obs.metrics.increment("request_count", tenant_id="t1")
-    obs.metrics.observe_latency("request_latency", 0.2, tenant_id="t1")
+    obs.metrics.observe_latency("request_latency", 0.2, tenant_id="t1",
+                                workflow="risk_assessment", status="ok")
 
     text = obs.metrics.render_prometheus(openmetrics=True)
 
@@ -263,19 +277,22 @@ def test_str_subclass_labels_are_stored_as_plain_strings_whatever_came_first(
     calls = [sub, "t1"] if first == "subclass" else ["t1", sub]
     for tenant in calls:
         obs.metrics.increment("request_count", tenant_id=tenant)
-        obs.metrics.observe_latency("request_latency", 0.1, tenant_id=tenant)
+        obs.metrics.observe_latency("request_latency", 0.1, tenant_id=tenant,
+                                    workflow="w", status="ok")
 
     assert _value(obs, "request_count", tenant_id="t1") == 2
     series = obs.metrics.export_metrics()["request_count"]["series"]
     assert [type(s["labels"]["tenant_id"]) for s in series] == [str]
     latency = obs.metrics.export_metrics()["request_latency"]["series"]
-    assert [(s["labels"], s["count"]) for s in latency] == [({"tenant_id": "t1"}, 2)]
+    assert [(s["labels"], s["count"]) for s in latency] == [
+        ({"tenant_id": "t1", "workflow": "w", "status": "ok"}, 2)
+    ]
 
 
-def test_label_cache_does_not_let_a_bad_label_set_through_after_a_good_one(
+def test_a_cached_child_does_not_let_a_bad_label_set_through_after_a_good_one(
     obs: Observability,
 ) -> None:
-    obs.metrics.increment("request_count", tenant_id="t1")  # now cached as valid
+    obs.metrics.increment("request_count", tenant_id="t1")  # its child is now kept
 
     with pytest.raises(TypeError, match="tenant_id"):
         obs.metrics.increment("request_count", tenant_id=1)  # type: ignore[arg-type]
@@ -289,10 +306,13 @@ def test_label_cache_does_not_let_a_bad_label_set_through_after_a_good_one(
     assert _value(obs, "request_count", tenant_id="t1") == 1
 
 
-def test_label_cache_is_per_metric(obs: Observability) -> None:
-    obs.metrics.observe_latency("node_execution_latency", 0.1, node="n1")
+def test_children_are_per_metric(obs: Observability) -> None:
+    obs.metrics.observe_latency("node_execution_latency", 0.1, node="n1", tenant_id="t1",
+                                status="ok")
 
-    with pytest.raises(ValueError, match="'node'"):
+    with pytest.raises(ValueError, match="no label 'node'"):
+        obs.metrics.increment("request_count", node="n1", tenant_id="t1", status="ok")
+    with pytest.raises(ValueError, match="no label 'node'"):
         obs.metrics.increment("request_count", node="n1")
 
 
@@ -306,6 +326,12 @@ def test_unhashable_label_value_raises_type_error_naming_the_label(obs: Observab
 def test_label_validation_errors(obs: Observability) -> None:
     with pytest.raises(ValueError, match="no label 'colour'"):
         obs.metrics.increment("request_count", colour="red")
+    with pytest.raises(ValueError, match="no label 'colour'"):
+        obs.metrics.increment("request_count", tenant_id="t1", colour="red")
+    with pytest.raises(ValueError, match=r"tenant_id.*control character"):
+        obs.metrics.increment("request_count", tenant_id="t1\nt2")
+    with pytest.raises(ValueError, match=r"tenant_id.*lone surrogate"):
+        obs.metrics.increment("request_count", tenant_id="t\ud800")
     with pytest.raises(ValueError, match=r"tenant_id.*empty"):
         obs.metrics.increment("request_count", tenant_id="")
     with pytest.raises(ValueError, match=r"tenant_id.*longer than 256"):
@@ -321,23 +347,34 @@ def test_label_validation_errors(obs: Observability) -> None:
         (lambda m: m.increment("request_latency"), ValueError, "not a counter"),
         (lambda m: m.increment(42), TypeError, "metric name"),
         (lambda m: m.increment(["request_count"]), TypeError, "metric name"),
-        (lambda m: m.increment("request_count", -1), ValueError, "amount"),
-        (lambda m: m.increment("request_count", math.nan), ValueError, "amount"),
-        (lambda m: m.increment("request_count", math.inf), ValueError, "amount"),
-        (lambda m: m.increment("request_count", 10**400), ValueError, "amount"),
-        (lambda m: m.increment("request_count", True), TypeError, "amount"),
-        (lambda m: m.increment("request_count", "1"), TypeError, "amount"),
-        (lambda m: m.increment("request_count", Decimal(1)), TypeError, "amount"),
+        (lambda m: m.increment("request_count", -1, **T1), ValueError, "amount"),
+        (lambda m: m.increment("request_count", math.nan, **T1), ValueError, "amount"),
+        (lambda m: m.increment("request_count", math.inf, **T1), ValueError, "amount"),
+        (lambda m: m.increment("request_count", 10**400, **T1), ValueError, "amount"),
+        (lambda m: m.increment("request_count", 1e9 + 1, **T1), ValueError, "amount"),
+        (lambda m: m.increment("request_count", True, **T1), TypeError, "amount"),
+        (lambda m: m.increment("request_count", "1", **T1), TypeError, "amount"),
+        (lambda m: m.increment("request_count", Decimal(1), **T1), TypeError, "amount"),
+        (lambda m: m.increment("request_count"), ValueError, "needs label 'tenant_id'"),
+        (lambda m: m.increment("request_count", 1, tenant_id="t1", node="n"), ValueError,
+         "no label 'node'"),
         (lambda m: m.observe_latency("request_count", 0.1), ValueError, "not a histogram"),
         (lambda m: m.observe_latency("nope", 0.1), ValueError, "unknown histogram metric"),
-        (lambda m: m.observe_latency("request_latency", -0.001), ValueError, "latency"),
-        (lambda m: m.observe_latency("request_latency", math.nan), ValueError, "latency"),
-        (lambda m: m.observe_latency("request_latency", -math.inf), ValueError, "latency"),
-        (lambda m: m.observe_latency("request_latency", math.inf), ValueError, "latency"),
-        (lambda m: m.observe_latency("request_latency", 10**400), ValueError, "latency"),
-        (lambda m: m.observe_latency("request_latency", "0.1"), TypeError, "latency"),
-        (lambda m: m.observe_latency("request_latency", None), TypeError, "latency"),
-        (lambda m: m.observe_latency("request_latency", False), TypeError, "latency"),
+        (lambda m: m.observe_latency("request_latency", -0.001, **REQ), ValueError, "latency"),
+        (lambda m: m.observe_latency("request_latency", math.nan, **REQ), ValueError,
+         "latency"),
+        (lambda m: m.observe_latency("request_latency", -math.inf, **REQ), ValueError,
+         "latency"),
+        (lambda m: m.observe_latency("request_latency", math.inf, **REQ), ValueError,
+         "latency"),
+        (lambda m: m.observe_latency("request_latency", 10**400, **REQ), ValueError, "latency"),
+        (lambda m: m.observe_latency("request_latency", 86_400.5, **REQ), ValueError,
+         "latency"),
+        (lambda m: m.observe_latency("request_latency", "0.1", **REQ), TypeError, "latency"),
+        (lambda m: m.observe_latency("request_latency", None, **REQ), TypeError, "latency"),
+        (lambda m: m.observe_latency("request_latency", False, **REQ), TypeError, "latency"),
+        (lambda m: m.observe_latency("request_latency", 0.1, tenant_id="t1"), ValueError,
+         "needs label 'workflow'"),
     ],
 )
 def test_bad_arguments_raise_at_once_and_record_nothing(
@@ -357,8 +394,8 @@ def test_bad_arguments_raise_at_once_and_record_nothing(
 
 
 def test_zero_and_integer_latencies_are_valid(obs: Observability) -> None:
-    obs.metrics.observe_latency("request_latency", 0, tenant_id="t1")
-    obs.metrics.observe_latency("request_latency", 2, tenant_id="t1")
+    obs.metrics.observe_latency("request_latency", 0, **REQ)
+    obs.metrics.observe_latency("request_latency", 2, **REQ)
 
     (series,) = _series(obs, "request_latency")
     assert series["count"] == 2
@@ -377,7 +414,8 @@ def test_cardinality_cap_folds_new_series_into_overflow(make_obs: MakeObs) -> No
     obs.metrics.increment("request_count", tenant_id="t1")  # an existing series still counts
     obs.metrics.increment("request_count", tenant_id="t6")  # an overflowed one folds again
     for tenant in ("t1", "t2", "t3", "t4"):
-        obs.metrics.observe_latency("request_latency", 0.5, tenant_id=tenant)
+        obs.metrics.observe_latency("request_latency", 0.5, tenant_id=tenant, workflow="w",
+                                    status="ok")
 
     exported = obs.metrics.export_metrics()
 
@@ -393,7 +431,9 @@ def test_cardinality_cap_folds_new_series_into_overflow(make_obs: MakeObs) -> No
                for s in exported["request_latency"]["series"]}
     assert latency == {"t1": 1, "t2": 1, "t3": 1, "overflow": 1}
     overflow = {s["labels"]["metric"]: s["value"] for s in exported["series_overflow"]["series"]}
-    assert overflow == {"request_count": 4, "request_latency": 1}
+    assert {metric: n for metric, n in overflow.items() if n} == {
+        "request_count": 4, "request_latency": 1,
+    }
     samples = _samples(obs.metrics.render_prometheus())
     (folded,) = [s for s in samples["observability_series_overflow"]
                  if s.labels == {"metric": "request_count"}]
@@ -414,10 +454,12 @@ def test_a_read_reflects_every_record_the_reader_enqueued_without_flush(
             tenant = f"t{index}"
             for n in range(1, 301):
                 obs.metrics.increment("request_count", tenant_id=tenant)
-                obs.metrics.observe_latency("request_latency", 0.01, tenant_id=tenant)
+                obs.metrics.observe_latency("request_latency", 0.01, tenant_id=tenant,
+                                            workflow="w", status="ok")
                 if n % 100 == 0:
                     assert _value(obs, "request_count", tenant_id=tenant) == n
-                    series = _value(obs, "request_latency", tenant_id=tenant)
+                    series = _value(obs, "request_latency", tenant_id=tenant, workflow="w",
+                                    status="ok")
                     assert series["count"] == n
         except BaseException as exc:  # reported on the main thread
             errors.append(exc)
@@ -442,7 +484,7 @@ _latencies = st.lists(
 
 def test_histogram_buckets_and_quantiles_property(make_obs: MakeObs) -> None:
     obs = make_obs()
-    bounds = (*DEFAULT_LATENCY_BUCKETS, math.inf)
+    bounds = (*DEFAULT_NODE_LATENCY_BUCKETS, math.inf)
     examples = iter(range(1_000_000))
 
     @settings(max_examples=60, deadline=None)
@@ -450,9 +492,10 @@ def test_histogram_buckets_and_quantiles_property(make_obs: MakeObs) -> None:
     def check(values: list[float]) -> None:
         node = f"n{next(examples)}"  # a fresh series per example
         for value in values:
-            obs.metrics.observe_latency("node_execution_latency", value, node=node)
+            obs.metrics.observe_latency("node_execution_latency", value, node=node,
+                                        tenant_id="t1", status="ok")
 
-        series = _value(obs, "node_execution_latency", node=node)
+        series = _value(obs, "node_execution_latency", node=node, tenant_id="t1", status="ok")
 
         assert series["count"] == len(values)
         assert series["sum"] == pytest.approx(math.fsum(values), rel=1e-9, abs=1e-12)
@@ -481,3 +524,145 @@ def test_counter_totals_are_exact_under_concurrency(obs: Observability) -> None:
 
     assert _value(obs, "request_count", tenant_id="shared") == 16_000
     assert obs.health().dropped_total == 0
+
+
+# --- bound handles ----------------------------------------------------------------
+
+
+def test_a_bound_child_is_validated_once_and_records_through_the_same_series(
+    obs: Observability,
+) -> None:
+    requests = obs.metrics.counter("request_count").labels(tenant_id="t1")
+    assert obs.metrics.counter("request_count").labels(tenant_id="t1") is requests
+    requests.inc()
+    requests.inc(2.5)
+    obs.metrics.increment("request_count", tenant_id="t1")  # the same child, through the cache
+    latency = obs.metrics.histogram("request_latency").labels(
+        status="ok", workflow="w", tenant_id="t1")  # keyword order does not matter
+    assert latency is obs.metrics.histogram("request_latency").labels(**{
+        "tenant_id": "t1", "workflow": "w", "status": "ok"})
+    latency.observe(0.25)
+
+    assert _value(obs, "request_count", tenant_id="t1") == 4.5
+    series = _value(obs, "request_latency", tenant_id="t1", workflow="w", status="ok")
+    assert (series["count"], series["sum"]) == (1, 0.25)
+    assert list(series["labels"]) == ["tenant_id", "workflow", "status"]  # declared order
+
+
+def test_a_child_checks_only_the_number_and_record_builds_without_sending(
+    obs: Observability,
+) -> None:
+    requests = obs.metrics.counter("request_count").labels(tenant_id="t1")
+    record = requests.record(3)
+    assert (record.metric, record.labels, record.value) == (
+        "request_count", (("tenant_id", "t1"),), 3)
+    with pytest.raises(ValueError, match="amount"):
+        requests.inc(-1)
+    with pytest.raises(TypeError, match="amount"):
+        requests.inc("1")  # type: ignore[arg-type]
+    latency = obs.metrics.histogram("request_latency").labels(**REQ)
+    with pytest.raises(ValueError, match="latency"):
+        latency.observe(math.nan)
+    with pytest.raises(ValueError, match="latency"):
+        latency.record(-0.5)
+
+    assert obs.flush()
+    assert _series(obs, "request_count") == []  # record() sent nothing, bad numbers neither
+    assert _series(obs, "request_latency") == []
+    assert obs.health().collectors["metrics"].applied == 0
+
+
+def test_families_are_typed_and_refuse_a_wrong_name(obs: Observability) -> None:
+    with pytest.raises(ValueError, match="not a counter"):
+        obs.metrics.counter("request_latency")
+    with pytest.raises(ValueError, match="not a histogram"):
+        obs.metrics.histogram("request_count")
+    with pytest.raises(ValueError, match="unknown counter metric 'nope'"):
+        obs.metrics.counter("nope")
+    with pytest.raises(TypeError, match="metric name"):
+        obs.metrics.histogram(1)  # type: ignore[arg-type]
+    family = obs.metrics.counter("failure_count")
+    with pytest.raises(ValueError, match="needs label 'node'"):
+        family.labels(category="HIGH_RISK", tenant_id="t1")
+    with pytest.raises(ValueError, match="no label 'colour'"):
+        family.labels(category="HIGH_RISK", tenant_id="t1", node="n", colour="red")
+
+
+# --- self-metrics: every known series exported from the start, at 0 ------------------
+
+
+def test_self_metrics_are_exported_at_zero_from_the_start() -> None:
+    from app.observability.metrics import DROP_REASONS, EXPORT_OUTCOMES
+    from collectors.export import CallableExporter
+
+    exporter = CallableExporter(lambda spans: True, name="memory")
+    obs = Observability(ObservabilitySettings(drain_at_exit=False), exporters=[exporter])
+    try:
+        exported = obs.metrics.export_metrics()
+        collectors = set(obs.pipeline.collectors)
+
+        dropped = {(s["labels"]["collector"], s["labels"]["reason"]): s["value"]
+                   for s in exported["records_dropped"]["series"]}
+        assert dropped == {(c, r): 0 for c in collectors for r in DROP_REASONS}
+        spans = {(s["labels"]["exporter"], s["labels"]["outcome"]): s["value"]
+                 for s in exported["spans_exported"]["series"]}
+        assert spans == {("memory", outcome): 0 for outcome in EXPORT_OUTCOMES}
+        overflow = {s["labels"]["metric"]: s["value"]
+                    for s in exported["series_overflow"]["series"]}
+        assert overflow == dict.fromkeys(
+            [*build_catalog(), "cost_usd", "unpriced_generations"], 0)
+
+        samples = _samples(obs.metrics.render_prometheus())
+        assert len(samples["observability_records_dropped"]) == len(dropped)
+        assert {s.value for s in samples["observability_spans_exported"]} == {0.0}
+    finally:
+        obs.close()
+
+
+def test_a_first_drop_is_a_visible_increase_of_an_existing_series() -> None:
+    obs = Observability(ObservabilitySettings(drain_at_exit=False), start=False)
+    try:
+        before = {(s["labels"]["collector"], s["labels"]["reason"]): s["value"]
+                  for s in obs.metrics.export_metrics()["records_dropped"]["series"]}
+        obs.close()
+        obs.metrics.increment("request_count", tenant_id="t1")  # after close: dropped, counted
+        after = {(s["labels"]["collector"], s["labels"]["reason"]): s["value"]
+                 for s in obs.metrics.export_metrics()["records_dropped"]["series"]}
+        assert set(before) == set(after)
+        assert before[("metrics", "closed")] == 0 and after[("metrics", "closed")] == 1
+        assert {k: v - before[k] for k, v in after.items() if v != before[k]} == {
+            ("metrics", "closed"): 1}
+    finally:
+        obs.close()
+
+
+# --- the cost families are capped like the others --------------------------------------
+
+
+def test_the_cost_families_fold_series_past_the_cap_and_count_them(make_obs: MakeObs) -> None:
+    obs = make_obs(max_series_per_metric=2)
+    for tenant in ("t1", "t2", "t3", "t4"):
+        obs.costs.add_cost(tenant_id=tenant, model_version="risk-llm-v2", input_tokens=1000,
+                           output_tokens=500)
+    for model in ("m1", "m2", "m3"):
+        obs.costs.add_cost(tenant_id="t1", model_version=model, input_tokens=1,
+                           output_tokens=1)
+    assert obs.flush()
+
+    exported = obs.metrics.export_metrics()
+
+    costs = {tuple(sorted(s["labels"].items())): s["value"]
+             for s in exported["cost_usd"]["series"]}
+    overflow_key = (("otel_metric_overflow", "true"),)
+    assert len(costs) == 3 and overflow_key in costs  # two series of their own, then folded
+    assert sum(costs.values()) == 4 * Decimal("0.006")  # money is folded, never lost
+    assert costs[(("model_version", "risk-llm-v2"), ("tenant_id", "t1"))] == Decimal("0.006")
+    unpriced = {tuple(sorted(s["labels"].items())): s["value"]
+                for s in exported["unpriced_generations"]["series"]}
+    assert unpriced == {(("model_version", "m1"),): 1, (("model_version", "m2"),): 1,
+                        overflow_key: 1}
+    overflow = {s["labels"]["metric"]: s["value"] for s in exported["series_overflow"]["series"]}
+    assert overflow["cost_usd"] == 7 - 2
+    assert overflow["unpriced_generations"] == 1
+    samples = _samples(obs.metrics.render_prometheus())
+    assert len(samples["risk_engine_cost_usd"]) == 3

@@ -1,8 +1,10 @@
-"""Tests for :mod:`app.observability.otlp`: OTLP/JSON export and the HTTP sender.
+"""Tests for :mod:`app.observability.otlp`: the OTLP message, its two encodings,
+the configuration from settings and ``OTEL_*`` variables, and the HTTP sender.
 
-Validity is checked with the OTLP protobuf schema itself: every exported
+Validity is checked with the OTLP protobuf schema itself: every OTLP/JSON
 document goes through ``google.protobuf.json_format.ParseDict`` into an
-``ExportTraceServiceRequest`` with ``ignore_unknown_fields=False``.
+``ExportTraceServiceRequest`` with ``ignore_unknown_fields=False``, and every
+protobuf body through ``ExportTraceServiceRequest.ParseFromString``.
 
 Why the ids are converted before parsing: OTLP/JSON mandates hex strings for
 ``traceId``/``spanId``/``parentSpanId``
@@ -22,6 +24,7 @@ from __future__ import annotations
 import base64
 import copy
 import enum
+import gzip
 import http.server
 import json
 import math
@@ -38,6 +41,7 @@ import structlog
 from google.protobuf.json_format import ParseDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
 )
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import (
@@ -47,7 +51,15 @@ from opentelemetry.proto.trace.v1.trace_pb2 import (
     Status,
 )
 
-from app.observability.otlp import OtlpHttpSender, spans_to_otlp, write_otlp_json
+from app.observability.otlp import (
+    OtlpConfig,
+    OtlpHttpSender,
+    build_trace_request,
+    resolve_resource,
+    spans_to_otlp,
+    write_otlp_json,
+)
+from app.observability.settings import ObservabilitySettings
 from collectors.records import SpanEvent, SpanRecord
 
 # --- fixtures: a small trace built by hand --------------------------------
@@ -84,6 +96,17 @@ def _record(**overrides: Any) -> SpanRecord:
     return SpanRecord(**fields)
 
 
+#: What ``LangfuseClient`` records on a generation span (GenAI names and ours).
+_GENERATION_ATTRIBUTES: tuple[tuple[str, Any], ...] = (
+    ("tenant_id", "acme"), ("correlation_id", "corr-1"),
+    ("gen_ai.operation.name", "chat"), ("gen_ai.provider.name", "simulated"),
+    ("gen_ai.request.model", "risk-llm-2024-05"), ("gen_ai.response.model", "risk-llm-2024-05"),
+    ("gen_ai.usage.input_tokens", 812), ("gen_ai.usage.output_tokens", 64),
+    ("gen_ai.usage.cost.amount", 0.012345), ("gen_ai.usage.cost.currency", "USD"),
+    ("request_id", "req-1"), ("prompt_version", "v3"), ("event_id", "evt-9"), ("priced", True),
+)
+
+
 def _trace() -> tuple[SpanRecord, ...]:
     """A workflow root, two node children, a generation under the first node,
     an error span carrying its own exception event, and a span whose parent is
@@ -101,13 +124,9 @@ def _trace() -> tuple[SpanRecord, ...]:
             attributes=(*common, ("node", "score_risk"), ("risk_score", 0.73)),
         ),
         _record(
-            span_id=GENERATION_ID, parent_span_id=NODE_A_ID, name="llm_call",
+            span_id=GENERATION_ID, parent_span_id=NODE_A_ID, name="chat risk-llm-2024-05",
             kind="generation", start_ns=T0 + 2_000, end_ns=T0 + 4_000_000,
-            attributes=(
-                *common, ("model_version", "risk-llm-2024-05"), ("prompt_version", "v3"),
-                ("input_tokens", 812), ("output_tokens", 64), ("cost", "0.012345"),
-                ("event_id", "evt-9"),
-            ),
+            attributes=_GENERATION_ATTRIBUTES,
             events=(SpanEvent("first_token", T0 + 3_000, (("latency_ms", 1.5),)),),
         ),
         _record(
@@ -153,7 +172,7 @@ def _hex_to_base64(doc: dict[str, Any]) -> dict[str, Any]:
     doc = copy.deepcopy(doc)
     for resource_spans in doc["resourceSpans"]:
         for scope_spans in resource_spans["scopeSpans"]:
-            for span in scope_spans["spans"]:
+            for span in scope_spans.get("spans", ()):
                 for field, digits in _HEX_IDS.items():
                     if field in span:
                         value = span[field]
@@ -196,7 +215,8 @@ def _attrs(key_values: Any) -> dict[str, object]:
 
 
 def _json_spans(doc: dict[str, Any]) -> list[dict[str, Any]]:
-    spans: list[dict[str, Any]] = doc["resourceSpans"][0]["scopeSpans"][0]["spans"]
+    # proto3 JSON leaves an empty list out.
+    spans: list[dict[str, Any]] = doc["resourceSpans"][0]["scopeSpans"][0].get("spans", [])
     return spans
 
 
@@ -321,51 +341,88 @@ def test_resource_attributes_may_not_override_service_keywords(key: str) -> None
         spans_to_otlp(_trace(), resource_attributes={key: "x"})
 
 
-# --- GenAI semantic conventions --------------------------------------------
+# --- GenAI and OpenInference attributes ---------------------------------------
 
 
-def test_generation_span_carries_gen_ai_names_and_keeps_ours() -> None:
+def test_generation_span_passes_gen_ai_through_and_adds_openinference() -> None:
     spans = _only_spans(_parse(spans_to_otlp(_trace())))
 
-    attrs = _attrs(spans[_id(GENERATION_ID)].attributes)
-    assert attrs == {
-        "tenant_id": "acme", "correlation_id": "corr-1", "model_version": "risk-llm-2024-05",
-        "prompt_version": "v3", "input_tokens": 812, "output_tokens": 64,
-        "cost": "0.012345", "event_id": "evt-9",
-        "gen_ai.request.model": "risk-llm-2024-05",
-        "gen_ai.response.model": "risk-llm-2024-05",
-        "gen_ai.usage.input_tokens": 812, "gen_ai.usage.output_tokens": 64,
-        "gen_ai.operation.name": "chat",
-        "gen_ai.provider.name": "simulated", "gen_ai.system": "simulated",
+    generation = spans[_id(GENERATION_ID)]
+    assert generation.name == "chat risk-llm-2024-05"
+    assert generation.kind == Span.SPAN_KIND_CLIENT
+    assert _attrs(generation.attributes) == {
+        **dict(_GENERATION_ATTRIBUTES),
+        "openinference.span.kind": "LLM",
+        "llm.model_name": "risk-llm-2024-05",
+        "llm.provider": "simulated",
+        "llm.token_count.prompt": 812,
+        "llm.token_count.completion": 64,
+        "llm.token_count.total": 876,
     }
 
 
-def test_generation_provider_operation_and_explicit_gen_ai_keys() -> None:
-    record = _record(
-        kind="generation",
-        attributes=(
-            ("model_version", "m-1"), ("provider", "openai"), ("operation", "text_completion"),
-            ("gen_ai.response.model", "m-1-2024-06-01"),
-            ("cost", Decimal("0.0100")),  # off-type: the exporter must cope
-        ),
-    )
+def test_cost_travels_as_a_number() -> None:
+    (span,) = [s for s in _json_spans(spans_to_otlp(_trace())) if s["kind"] == 3]
+
+    values = {kv["key"]: kv["value"] for kv in span["attributes"]}
+    assert values["gen_ai.usage.cost.amount"] == {"doubleValue": 0.012345}
+    assert values["gen_ai.usage.input_tokens"] == {"intValue": "812"}
+
+
+def test_deprecated_gen_ai_system_is_never_sent() -> None:
+    record = _record(kind="generation", attributes=(
+        ("gen_ai.system", "openai"), ("gen_ai.provider.name", "openai"),
+    ))
+
+    (span,) = _only_spans(_parse(spans_to_otlp([record]))).values()
+    attrs = _attrs(span.attributes)
+    assert "gen_ai.system" not in attrs
+    assert attrs["llm.provider"] == attrs["gen_ai.provider.name"] == "openai"
+
+
+def test_openinference_names_never_override_the_records_own() -> None:
+    record = _record(kind="generation", attributes=(
+        ("gen_ai.request.model", "m-1"), ("gen_ai.response.model", "m-1-2024-06-01"),
+        ("gen_ai.usage.input_tokens", 5), ("llm.token_count.total", 99),
+        ("openinference.span.kind", "EMBEDDING"),
+    ))
 
     (span,) = _only_spans(_parse(spans_to_otlp([record]))).values()
     attrs = _attrs(span.attributes)  # also asserts the keys are unique
-    assert attrs["gen_ai.provider.name"] == attrs["gen_ai.system"] == "openai"
-    assert attrs["gen_ai.operation.name"] == "text_completion"
-    assert attrs["gen_ai.request.model"] == "m-1"
-    assert attrs["gen_ai.response.model"] == "m-1-2024-06-01"  # the record's own value wins
-    assert attrs["cost"] == "0.0100"
-    assert "gen_ai.usage.input_tokens" not in attrs  # no token counts recorded
+    assert attrs["llm.model_name"] == "m-1-2024-06-01"  # the response model first
+    assert attrs["llm.token_count.prompt"] == 5
+    assert attrs["llm.token_count.total"] == 99
+    assert attrs["openinference.span.kind"] == "EMBEDDING"
+    assert "llm.token_count.completion" not in attrs  # no output tokens recorded
 
 
-@pytest.mark.parametrize("kind", ["workflow", "node", "internal"])
-def test_only_generation_spans_get_gen_ai_names(kind: str) -> None:
-    record = _record(kind=kind, attributes=(("model_version", "m-1"), ("input_tokens", 5)))
+def test_failed_generation_keeps_error_type_and_is_an_llm_span() -> None:
+    record = _record(
+        kind="generation", name="chat risk-llm-v2", status="error",
+        error_type="TimeoutError", error_message="model timed out",
+        attributes=(("gen_ai.request.model", "risk-llm-v2"), ("error.type", "TimeoutError")),
+    )
 
-    (span,) = _json_spans(spans_to_otlp([record]))
-    assert [kv["key"] for kv in span["attributes"]] == ["model_version", "input_tokens"]
+    (span,) = _only_spans(_parse(spans_to_otlp([record]))).values()
+    attrs = _attrs(span.attributes)
+    assert attrs["error.type"] == "TimeoutError"
+    assert attrs["openinference.span.kind"] == "LLM"
+    assert attrs["llm.model_name"] == "risk-llm-v2"
+    assert span.status.code == Status.STATUS_CODE_ERROR
+    assert span.status.message == "model timed out"
+
+
+@pytest.mark.parametrize(("kind", "openinference"),
+                         [("workflow", "CHAIN"), ("node", "CHAIN"), ("internal", None)])
+def test_only_generation_spans_get_llm_names(kind: str, openinference: str | None) -> None:
+    record = _record(kind=kind, attributes=(
+        ("gen_ai.request.model", "m-1"), ("gen_ai.usage.input_tokens", 5),
+    ))
+
+    (span,) = _only_spans(_parse(spans_to_otlp([record]))).values()
+    attrs = _attrs(span.attributes)
+    assert attrs.get("openinference.span.kind") == openinference
+    assert not [key for key in attrs if key.startswith("llm.")]
 
 
 # --- attributes, status, events ----------------------------------------------
@@ -403,7 +460,7 @@ class _Level(enum.IntEnum):
     ],
 )
 def test_attribute_value_encoding(value: object, expected: dict[str, object]) -> None:
-    record = _record(attributes=(("k", value),))  # off-type values on purpose
+    record = _record(kind="internal", attributes=(("k", value),))  # off-type on purpose
 
     doc = spans_to_otlp([record])
 
@@ -416,7 +473,8 @@ def test_attribute_value_encoding(value: object, expected: dict[str, object]) ->
 
 
 def test_duplicate_attribute_keys_keep_the_last_value() -> None:
-    record = _record(attributes=(("tenant_id", "a"), ("node", "n"), ("tenant_id", "b")))
+    record = _record(kind="internal",
+                     attributes=(("tenant_id", "a"), ("node", "n"), ("tenant_id", "b")))
 
     (span,) = _json_spans(spans_to_otlp([record]))
     assert span["attributes"] == [
@@ -476,20 +534,22 @@ def test_error_status_and_event_with_partial_error_details(
 
 
 @pytest.mark.parametrize(
-    ("status", "expected"), [("ok", {"code": 1}), ("unset", {}), ("weird", {})]
+    ("status", "expected"), [("ok", {"code": 1}), ("unset", None), ("weird", None)]
 )
-def test_non_error_status_mapping(status: str, expected: dict[str, object]) -> None:
+def test_non_error_status_mapping(status: str, expected: dict[str, object] | None) -> None:
     record = _record(status=status, error_type="Ignored", error_message="ignored")
 
     (span,) = _json_spans(spans_to_otlp([record]))
-    assert span["status"] == expected
+    assert span.get("status") == expected  # an unset status is left out, as proto3 JSON does
     assert "events" not in span  # only error spans get an exception event
 
 
 def test_unknown_kind_is_unspecified() -> None:
     (span,) = _json_spans(spans_to_otlp([_record(kind="batch")]))
 
-    assert span["kind"] == Span.SPAN_KIND_UNSPECIFIED == 0
+    assert "kind" not in span  # UNSPECIFIED (0) is the proto3 default
+    (message_span,) = _only_spans(_parse(spans_to_otlp([_record(kind="batch")]))).values()
+    assert message_span.kind == Span.SPAN_KIND_UNSPECIFIED == 0
 
 
 def test_accepts_any_iterable_and_no_spans() -> None:
@@ -517,7 +577,7 @@ def test_documents_share_no_mutable_parts() -> None:
 def test_many_spans_export_in_one_document() -> None:
     root = _trace()[0]
     records = [
-        _record(span_id=i + 2, parent_span_id=ROOT_ID, name=f"node-{i}",
+        _record(span_id=i + 2, parent_span_id=ROOT_ID, name=f"node-{i}", kind="internal",
                 attributes=(("tenant_id", "acme"), ("i", i)))
         for i in range(5_000)
     ]
@@ -607,6 +667,7 @@ class _Receiver(http.server.ThreadingHTTPServer):
         self.requests: list[tuple[str, dict[str, str], bytes]] = []
         self.status = 200
         self.response_body = b"{}"
+        self.response_type = "application/json"
         self.extra_headers: dict[str, str] = {}
 
     @property
@@ -627,7 +688,7 @@ class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
         self.send_response(self.server.status)
         for key, value in self.server.extra_headers.items():
             self.send_header(key, value)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", self.server.response_type)
         self.send_header("Content-Length", str(len(self.server.response_body)))
         self.end_headers()
         self.wfile.write(self.server.response_body)
@@ -652,8 +713,63 @@ def receiver() -> Iterator[_Receiver]:
         assert not thread.is_alive()
 
 
-def test_send_posts_valid_otlp_json(receiver: _Receiver) -> None:
+def test_send_posts_binary_protobuf_by_default(receiver: _Receiver) -> None:
+    receiver.response_type = "application/x-protobuf"
+    receiver.response_body = ExportTraceServiceResponse().SerializeToString()
     sender = OtlpHttpSender(receiver.url, headers={"Authorization": "Bearer t0ken"})
+    records = _trace()
+
+    assert sender.send(records, service_version="0.7.0") is True
+
+    assert (sender.protocol, sender.failures) == ("http/protobuf", 0)
+    (path, headers, body), = receiver.requests
+    assert path == "/v1/traces"
+    assert headers["Content-Type"] == "application/x-protobuf"
+    assert "Content-Encoding" not in headers
+    assert headers["Authorization"] == "Bearer t0ken"
+    message = ExportTraceServiceRequest()
+    message.ParseFromString(body)
+    assert message == build_trace_request(records, service_version="0.7.0")
+    spans = _only_spans(message)
+    assert spans[_id(GENERATION_ID)].parent_span_id == _id(NODE_A_ID)
+    assert spans[_id(GENERATION_ID)].kind == Span.SPAN_KIND_CLIENT
+    assert _attrs(spans[_id(GENERATION_ID)].attributes)["llm.token_count.total"] == 876
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "http/json"])
+def test_send_gzip_compresses_the_body(receiver: _Receiver, protocol: str) -> None:
+    sender = OtlpHttpSender(receiver.url, protocol=protocol, compression="gzip")
+    records = _trace()
+
+    assert sender.send(records) is True
+
+    (_, headers, body), = receiver.requests
+    assert headers["Content-Encoding"] == "gzip"
+    raw = gzip.decompress(body)
+    message = ExportTraceServiceRequest()
+    if protocol == "http/protobuf":
+        message.ParseFromString(raw)
+    else:
+        message = _parse(json.loads(raw))
+    assert message == build_trace_request(records)
+    assert len(body) < len(raw)
+
+
+def test_json_and_protobuf_encode_the_same_message() -> None:
+    records = _trace()
+    proto_body, proto_count = OtlpHttpSender("http://127.0.0.1:1/v1/traces").encode(records)
+    json_body, json_count = OtlpHttpSender(
+        "http://127.0.0.1:1/v1/traces", protocol="http/json").encode(records)
+
+    from_proto = ExportTraceServiceRequest()
+    from_proto.ParseFromString(proto_body)
+    assert from_proto == _parse(json.loads(json_body))
+    assert proto_count == json_count == len(records)
+
+
+def test_send_posts_valid_otlp_json(receiver: _Receiver) -> None:
+    sender = OtlpHttpSender(receiver.url, protocol="http/json",
+                            headers={"Authorization": "Bearer t0ken"})
     records = _trace()
 
     assert sender.send(records, service_version="0.7.0") is True
@@ -670,14 +786,21 @@ def test_send_posts_valid_otlp_json(receiver: _Receiver) -> None:
     assert spans[_id(GENERATION_ID)].kind == Span.SPAN_KIND_CLIENT
 
 
-def test_send_always_sets_the_json_content_type(receiver: _Receiver) -> None:
-    sender = OtlpHttpSender(receiver.url, headers={"content-type": "text/plain"})
+@pytest.mark.parametrize(("protocol", "content_type"),
+                         [("http/protobuf", "application/x-protobuf"),
+                          ("http/json", "application/json")])
+def test_send_always_sets_the_protocols_content_type(
+    receiver: _Receiver, protocol: str, content_type: str
+) -> None:
+    sender = OtlpHttpSender(receiver.url, protocol=protocol,
+                            headers={"content-type": "text/plain", "Content-Encoding": "br"})
 
     assert sender.send(_trace()) is True
 
     (_, headers, _), = receiver.requests
     content_types = [v for k, v in headers.items() if k.lower() == "content-type"]
-    assert content_types == ["application/json"]
+    assert content_types == [content_type]
+    assert not [k for k in headers if k.lower() == "content-encoding"]
 
 
 def test_send_server_error_is_false_counted_and_logged(receiver: _Receiver) -> None:
@@ -722,6 +845,31 @@ def test_send_partial_success_is_true_and_counted(receiver: _Receiver) -> None:
     assert sender.rejected_spans == 2
     (entry,) = [e for e in logs if e["event"] == "otlp_export_partially_rejected"]
     assert (entry["rejected_spans"], entry["error"]) == (2, "too old")
+
+
+def test_send_partial_success_in_a_protobuf_answer_is_counted(receiver: _Receiver) -> None:
+    answer = ExportTraceServiceResponse()
+    answer.partial_success.rejected_spans = 3
+    answer.partial_success.error_message = "bad span"
+    receiver.response_type = "application/x-protobuf"
+    receiver.response_body = answer.SerializeToString()
+    sender = OtlpHttpSender(receiver.url)
+
+    with structlog.testing.capture_logs() as logs:
+        assert sender.send(_trace()) is True
+
+    assert sender.rejected_spans == 3
+    (entry,) = [e for e in logs if e["event"] == "otlp_export_partially_rejected"]
+    assert (entry["rejected_spans"], entry["error"]) == (3, "bad span")
+
+
+def test_send_ignores_an_answer_body_that_is_not_otlp(receiver: _Receiver) -> None:
+    receiver.response_type = "text/plain"
+    receiver.response_body = b"\xff\xfenot protobuf"
+    sender = OtlpHttpSender(receiver.url)
+
+    assert sender.send(_trace()) is True
+    assert (sender.rejected_spans, sender.failures) == (0, 0)
 
 
 def test_send_failures_accumulate(receiver: _Receiver) -> None:
@@ -907,6 +1055,16 @@ def test_sender_refuses_bad_timeouts(timeout: float) -> None:
 def test_sender_refuses_header_injection() -> None:
     with pytest.raises(ValueError, match="line break"):
         OtlpHttpSender("http://127.0.0.1:4318/v1/traces", headers={"X-A": "1\r\nX-B: 2"})
+    with pytest.raises(ValueError, match="not a valid HTTP header name"):
+        OtlpHttpSender("http://127.0.0.1:4318/v1/traces", headers={"X-A: 1\r\nX-B": "2"})
+
+
+@pytest.mark.parametrize(("option", "value"),
+                         [("protocol", "grpc"), ("protocol", "http/protobuf "),
+                          ("compression", "zstd")])
+def test_sender_refuses_unknown_protocols_and_compressions(option: str, value: str) -> None:
+    with pytest.raises(ValueError, match=f"{option} must be one of"):
+        OtlpHttpSender("http://127.0.0.1:4318/v1/traces", **{option: value})
 
 
 def test_https_endpoint_is_accepted() -> None:
@@ -914,3 +1072,180 @@ def test_https_endpoint_is_accepted() -> None:
 
     assert sender.endpoint == "https://otel.example.com/v1/traces"
     assert sender.failures == 0
+
+
+# --- OtlpConfig: settings and OTEL_* variables ---------------------------------
+
+
+def test_no_endpoint_anywhere_means_no_exporter() -> None:
+    env = {"OTEL_EXPORTER_OTLP_HEADERS": "a=b", "OTEL_SERVICE_NAME": "x"}
+
+    assert OtlpConfig.resolve(ObservabilitySettings(), env) is None
+
+
+def test_defaults_with_an_explicit_endpoint() -> None:
+    config = OtlpConfig.resolve(
+        ObservabilitySettings(otlp_endpoint="http://127.0.0.1:4318/v1/traces"), {})
+
+    assert config is not None
+    assert (config.endpoint, config.protocol, config.compression, config.timeout) == (
+        "http://127.0.0.1:4318/v1/traces", "http/protobuf", "none", 5.0)
+    assert dict(config.headers) == {}
+    assert config.resource["service_name"] == "ai-risk-engine"
+
+
+@pytest.mark.parametrize(
+    ("env", "expected"),
+    [
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318"},
+         "http://collector:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"},
+         "http://collector:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "https://gw.example/otlp"},
+         "https://gw.example/otlp/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://collector:4318/custom"},
+         "http://collector:4318/custom"),
+        ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://base:4318",
+          "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://traces:4318/v1/traces"},
+         "http://traces:4318/v1/traces"),
+        ({"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://b:1"},
+         "http://b:1/v1/traces"),  # an empty variable is unset
+    ],
+)
+def test_endpoint_from_the_environment(env: dict[str, str], expected: str) -> None:
+    config = OtlpConfig.resolve(ObservabilitySettings(), env)
+
+    assert config is not None
+    assert config.endpoint == expected
+
+
+def test_explicit_settings_win_over_the_environment() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "gzip",
+        "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Basic%20env,X-Tenant=acme",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "2500",
+        "OTEL_SERVICE_NAME": "env-service",
+    }
+    settings = ObservabilitySettings(
+        otlp_endpoint="http://explicit:4318/v1/traces", otlp_protocol="http/protobuf",
+        otlp_compression="none", otlp_headers={"authorization": "Bearer explicit"},
+        otlp_timeout_seconds=1.0, service_name="explicit-service",
+    )
+
+    config = OtlpConfig.resolve(settings, env)
+
+    assert config is not None
+    assert (config.endpoint, config.protocol, config.compression, config.timeout) == (
+        "http://explicit:4318/v1/traces", "http/protobuf", "none", 1.0)
+    assert dict(config.headers) == {"X-Tenant": "acme", "authorization": "Bearer explicit"}
+    assert config.resource["service_name"] == "explicit-service"
+
+
+def test_environment_fills_what_the_settings_leave_unset() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+        "OTEL_EXPORTER_OTLP_COMPRESSION": "GZIP",
+        "OTEL_EXPORTER_OTLP_HEADERS": " Authorization = Basic%20dXNlcjpwdw%3D%3D , x-a=1=2 ,",
+        "OTEL_EXPORTER_OTLP_TIMEOUT": "2500",
+        "OTEL_SERVICE_NAME": "env-service",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=staging,team=risk%20ops",
+    }
+
+    config = OtlpConfig.resolve(ObservabilitySettings(), env)
+
+    assert config is not None
+    assert (config.protocol, config.compression, config.timeout) == ("http/json", "gzip", 2.5)
+    assert dict(config.headers) == {"Authorization": "Basic dXNlcjpwdw==", "x-a": "1=2"}
+    assert config.resource["service_name"] == "env-service"
+    assert dict(config.resource["resource_attributes"] or {}) == {
+        "deployment.environment.name": "staging", "team": "risk ops"}
+
+
+def test_traces_specific_variables_win_over_the_general_ones() -> None:
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/json",
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf",
+        "OTEL_EXPORTER_OTLP_HEADERS": "a=general",
+        "OTEL_EXPORTER_OTLP_TRACES_HEADERS": "b=traces",
+    }
+
+    config = OtlpConfig.resolve(ObservabilitySettings(), env)
+
+    assert config is not None
+    assert config.protocol == "http/protobuf"
+    assert dict(config.headers) == {"b": "traces"}
+
+
+def test_headers_never_appear_in_the_configs_repr() -> None:
+    config = OtlpConfig.resolve(ObservabilitySettings(), {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318",
+        "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20s3cr3t",
+    })
+
+    assert config is not None
+    assert "s3cr3t" not in repr(config)
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "OTEL_EXPORTER_OTLP_PROTOCOL must be one of"),
+        ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/xml",
+         "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL must be one of"),
+        ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd",
+         "OTEL_EXPORTER_OTLP_COMPRESSION must be one of 'gzip', 'none'"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization", "entry 1 is not KEY=VALUE"),
+        ("OTEL_EXPORTER_OTLP_HEADERS", "a=1,=s3cr3t", "entry 2 is not KEY=VALUE"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "soon", "milliseconds"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", "-5", "milliseconds"),
+    ],
+)
+def test_malformed_variables_are_clear_errors(variable: str, value: str, message: str) -> None:
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:4318", variable: value}
+
+    with pytest.raises(ValueError, match=message) as caught:
+        OtlpConfig.resolve(ObservabilitySettings(), env)
+    assert "s3cr3t" not in str(caught.value)
+
+
+def test_malformed_resource_attributes_are_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="OTEL_RESOURCE_ATTRIBUTES: entry 2"):
+        resolve_resource(ObservabilitySettings(), {"OTEL_RESOURCE_ATTRIBUTES": "a=1,b"})
+
+
+def test_resource_service_name_and_version_from_resource_attributes() -> None:
+    env = {"OTEL_RESOURCE_ATTRIBUTES": "service.name=from-attrs,service.version=9.9,k=v"}
+
+    resource = resolve_resource(ObservabilitySettings(), env)
+    assert (resource["service_name"], resource["service_version"]) == ("from-attrs", "9.9")
+    assert dict(resource["resource_attributes"] or {}) == {"k": "v"}
+
+    # OTEL_SERVICE_NAME wins over service.name in OTEL_RESOURCE_ATTRIBUTES ...
+    resource = resolve_resource(ObservabilitySettings(), {**env, "OTEL_SERVICE_NAME": "svc"})
+    assert resource["service_name"] == "svc"
+    # ... and explicit settings win over both; their attributes over the variable's.
+    resource = resolve_resource(ObservabilitySettings(
+        service_name="mine", service_version="1.0", otlp_resource_attributes={"k": "mine"},
+    ), env)
+    assert (resource["service_name"], resource["service_version"]) == ("mine", "1.0")
+    assert dict(resource["resource_attributes"] or {}) == {"k": "mine"}
+
+
+def test_settings_refuse_service_keys_in_resource_attributes() -> None:
+    with pytest.raises(ValueError, match="service_name/service_version"):
+        ObservabilitySettings(otlp_resource_attributes={"service.name": "x"})
+
+
+def test_resolved_resource_is_accepted_by_the_encoder() -> None:
+    env = {"OTEL_RESOURCE_ATTRIBUTES": "service.name=a,deployment.environment.name=prod"}
+
+    request = build_trace_request(_trace(), **resolve_resource(ObservabilitySettings(), env))
+
+    assert _attrs(request.resource_spans[0].resource.attributes) == {
+        "service.name": "a", "service.version": "0.7.0",
+        "deployment.environment.name": "prod",
+    }

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Callable, Iterator
+from datetime import UTC, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from hypothesis import strategies as st
 from structlog.testing import LogCapture
 
 from app.observability import Observability
+from app.observability import redaction as redaction_module
 from app.observability.otlp import spans_to_otlp
 from app.observability.redaction import (
     MASK,
@@ -77,6 +79,14 @@ CORPUS: tuple[tuple[str, str, str], ...] = (
     ("card-plain", "pan=4012888888881881", "4012888888881881"),
     ("card-amex", "amex 3782 822463 10005", "3782 822463 10005"),
     ("ssn", "applicant SSN 078-05-1120 on file", "078-05-1120"),
+    ("url-password", "connect postgres://admin:Pa55w0rd!@db.internal:5432/risk failed",
+     "Pa55w0rd!"),
+    ("url-password-no-user", "cache redis://:s3cr3t-r3d1s@cache:6379/0 down", "s3cr3t-r3d1s"),
+    ("url-password-with-at", "https://svc:p@ss-w0rd@api.example.com/v1 refused", "p@ss-w0rd"),
+    ("iban-grouped", "refund to DE89 3704 0044 0532 0130 00 today", "3704 0044 0532 0130"),
+    ("iban-compact", "iban=GB82WEST12345698765432;", "WEST12345698765432"),
+    ("phone-international", "call +44 20 7946 0958 back", "7946 0958"),
+    ("phone-nanp", "call (202) 555-0173 back", "555-0173"),
 )
 SECRETS = tuple(secret for _, _, secret in CORPUS)
 
@@ -140,8 +150,8 @@ def test_redact_text_masks_each_secret(text: str, secret: str) -> None:
     redacted = redact_text(text)
 
     assert secret not in redacted
-    assert "[REDACTED]" in redacted or "[EMAIL]" in redacted or "[CARD]" in redacted \
-        or "[SSN]" in redacted
+    assert any(mask in redacted for mask in (
+        "[REDACTED]", "[EMAIL]", "[CARD]", "[SSN]", "[IBAN]", "[PHONE]"))
 
 
 def test_redact_text_keeps_the_surrounding_text() -> None:
@@ -150,6 +160,11 @@ def test_redact_text_keeps_the_surrounding_text() -> None:
     assert redact_text("card 4111 1111 1111 1111 declined") == "card [CARD] declined"
     assert redact_text("contact jane@example.com now") == "contact [EMAIL] now"
     assert redact_text("applicant SSN 078-05-1120 on file") == "applicant SSN [SSN] on file"
+    assert redact_text("connect postgres://admin:PASSWORD@db/x failed") == (
+        "connect postgres://admin:[REDACTED]@db/x failed")
+    assert redact_text("refund DE89 3704 0044 0532 0130 00 now") == "refund [IBAN] now"
+    assert redact_text("call +1 (202) 555-0173, or 202.555.0199") == (
+        "call [PHONE], or [PHONE]")
 
 
 @pytest.mark.parametrize(
@@ -159,6 +174,11 @@ def test_redact_text_keeps_the_surrounding_text() -> None:
         "max_tokens=7 tokens=5 total_tokens=9", "card 4111 1111 1111 1112 (fails Luhn)",
         "order 1234-5678", "phone 555-0100", "3f2b8c1e-9d4a-4b6e-8f7a-1c2d3e4f5a6b",
         "policies passed=3 bypass=0", "desk-assessment-for-tenant-one", "", "plain words",
+        "https://example.com/path:with@colon", "see http://host/x", "user@ handle",
+        "GB82WEST12345698765433 (wrong check digits)", "BE12ABCDEF123456",
+        "2024-05-01T12:30:45.123456+05:30", "epoch ns 1733625600123456789",
+        "1234567.89", "+12345678.9", "offset +0100", "v1.202.555",
+        "4bf92f3577b34da6a3ce929d0e0e4736",
     ],
 )
 def test_redact_text_leaves_non_secrets_unchanged(text: str) -> None:
@@ -275,13 +295,13 @@ def test_non_secrets_survive_unchanged(obs: Observability) -> None:
 
     spans = {span.name: span for span in obs.tracing.finished_spans()}
     assert spans["risk_scoring"].attrs == SAFE_ATTRIBUTES
-    generation = spans["llm.generation"].attrs
-    assert generation["input_tokens"] == 1234
-    assert generation["output_tokens"] == 56
+    generation = spans["chat risk-llm-mini-v1"].attrs
+    assert generation["gen_ai.usage.input_tokens"] == 1234
+    assert generation["gen_ai.usage.output_tokens"] == 56
     assert generation["total_tokens"] == 1290
     assert generation["prompt_tokens"] == 1234
     assert generation["tenant_id"] == "tenant-alpha"
-    assert generation["model_version"] == "risk-llm-mini-v1"
+    assert generation["gen_ai.request.model"] == "risk-llm-mini-v1"
     assert generation["prompt_version"] == "risk-prompt-v3"
     (event,) = obs.audit.events()
     assert event.data == SAFE_ATTRIBUTES
@@ -322,10 +342,92 @@ def test_short_texts_skip_only_what_no_pattern_could_match(text: str) -> None:
     """The short-text shortcut of the pre-check never hides a match of the full patterns."""
     from app.observability import redaction
 
-    by_patterns = text
-    for pattern, replacement in redaction._PATTERNS:
-        by_patterns = pattern.sub(replacement, by_patterns)
-    by_patterns = redaction._CARD.sub(redaction._mask_card, by_patterns)
+    by_patterns = redaction._apply_patterns(text)
     if by_patterns != text:
         assert redaction._may_contain_secret(text)
     assert redact_text(text) == by_patterns
+
+
+# --- URL credentials, IBANs, phone numbers: the general rules ----------------------
+
+
+_SCHEMES = st.sampled_from(
+    ["postgres", "postgresql", "mysql", "redis", "amqp", "https", "mongodb+srv", "ftp"])
+_USERS = st.from_regex(r"[a-z][a-z0-9_.-]{0,15}", fullmatch=True).filter(
+    lambda user: not redaction_module._SENSITIVE_KEY.search(user))
+_PASSWORDS = st.text(
+    alphabet=st.sampled_from("abcXYZ0189!$%^*()_-+=~.,;'@:"), min_size=1, max_size=30)
+_HOSTS = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z]{2,6}){0,2}(:[0-9]{2,5})?", fullmatch=True)
+
+
+@settings(max_examples=300, deadline=None)
+@given(scheme=_SCHEMES, user=_USERS, password=_PASSWORDS, host=_HOSTS)
+def test_a_url_password_is_masked_and_scheme_user_host_kept(
+    scheme: str, user: str, password: str, host: str
+) -> None:
+    text = f"connect failed: {scheme}://{user}:{password}@{host}/db?x=1"
+
+    assert redact_text(text) == f"connect failed: {scheme}://{user}:[REDACTED]@{host}/db?x=1"
+
+
+def _with_check_digits(country: str, bban: str) -> str:
+    number = int("".join(str(int(char, 36)) for char in bban + country + "00"))
+    return f"{country}{98 - number % 97:02d}{bban}"
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), grouped=st.booleans())
+def test_every_valid_iban_is_masked_and_a_wrong_check_digit_is_not_an_iban(
+    data: st.DataObject, grouped: bool
+) -> None:
+    country = data.draw(st.sampled_from(sorted(redaction_module._IBAN_LENGTHS)))
+    length = redaction_module._IBAN_LENGTHS[country]
+    bban = data.draw(st.text(alphabet="0123456789", min_size=length - 4, max_size=length - 4))
+    iban = _with_check_digits(country, bban)
+    wrong = iban[:2] + f"{(int(iban[2:4]) + 1) % 100:02d}" + iban[4:]
+
+    def show(value: str) -> str:
+        return " ".join(value[i:i + 4] for i in range(0, len(value), 4)) if grouped else value
+
+    assert redact_text(f"pay to {show(iban)} today") == "pay to [IBAN] today"
+    assert "[IBAN]" not in redact_text(f"pay to {show(wrong)} today")
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    country=st.integers(1, 999),
+    groups=st.lists(st.integers(0, 9_999).map(lambda n: f"{n:04d}"), min_size=2, max_size=3),
+    separator=st.sampled_from([" ", "-", ""]),
+)
+def test_international_phone_numbers_are_masked(
+    country: int, groups: list[str], separator: str
+) -> None:
+    number = f"+{country} " + separator.join(groups)
+
+    assert redact_text(f"call {number} today") == "call [PHONE] today"
+
+
+_UTC_OFFSETS = st.sampled_from([UTC, timezone(timedelta(hours=1)),
+                                timezone(timedelta(hours=-5)),
+                                timezone(timedelta(hours=5, minutes=30))])
+#: Ids, timestamps and numbers telemetry is full of; none of them is a secret.
+_NOT_SECRETS = st.one_of(
+    st.integers(0, 2**128 - 1).map(lambda n: f"{n:032x}"),  # W3C trace ids
+    st.integers(0, 2**64 - 1).map(lambda n: f"{n:016x}"),  # span ids
+    st.integers(0, 2**64 - 1).map(lambda n: f"{n:016X}"),
+    st.uuids().map(str),
+    st.integers(0, 2**48 - 1).map(lambda n: f"corr-{n:012x}"),
+    st.builds(lambda seed, i: f"req-{seed}-{i:06d}", st.integers(0, 10**6), st.integers(0, 10**6)),
+    st.integers(1, 10_000).map(lambda n: f"tenant-{n:02d}"),
+    st.datetimes(timezones=_UTC_OFFSETS).map(lambda d: d.isoformat()),
+    st.integers(10**18, 2 * 10**18 - 1).map(str),  # epoch nanoseconds
+    st.integers(10**12, 2 * 10**12 - 1).map(str),  # epoch milliseconds
+    st.decimals(min_value=-(10**12) + 1, max_value=10**12 - 1, places=6).map(str),
+    st.floats(min_value=-1e12, max_value=1e12, allow_nan=False).map(repr),
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(_NOT_SECRETS, min_size=1, max_size=4).map(", ".join))
+def test_ids_trace_ids_timestamps_and_decimals_are_never_masked(text: str) -> None:
+    assert redact_text(text) == text

@@ -20,7 +20,10 @@ import pytest
 
 from app.errors import PolicyViolationError
 from app.observability import Observability, Span, SpanContext
-from app.observability.tracing import parse_traceparent
+from app.observability.catalog import NO_NODE
+from app.observability.tracing import START_CLAMPED_ATTRIBUTE, parse_traceparent
+from app.observability.validation import TRUNCATION_MARKER
+from collectors.outbox import RecordSink, RunOutbox
 from collectors.records import SpanRecord
 
 MakeObs = Callable[..., Observability]
@@ -30,6 +33,8 @@ _HEX16 = re.compile(r"^[0-9a-f]{16}$")
 _MASK64 = (1 << 64) - 1
 _TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 _SPAN = "00f067aa0ba902b7"
+#: The name of a generation span of ``risk-llm-v2`` (``{operation} {model}``).
+GENERATION = "chat risk-llm-v2"
 
 
 def _by_name(spans: tuple[SpanRecord, ...]) -> dict[str, SpanRecord]:
@@ -174,17 +179,17 @@ def test_span_nesting_is_correct(obs: Observability) -> None:
     assert tracing.current_span() is None
 
     spans = _by_name(tracing.finished_spans())
-    assert set(spans) == {"workflow", "validate_input", "risk_scoring", "llm.generation", "post"}
+    assert set(spans) == {"workflow", "validate_input", "risk_scoring", GENERATION, "post"}
     assert {span.trace_id for span in spans.values()} == {root.trace_id}
     assert spans["workflow"].parent_span_id == 0
     assert spans["validate_input"].parent_span_id == root.span_id
     assert spans["risk_scoring"].parent_span_id == root.span_id
-    assert spans["llm.generation"].parent_span_id == node.span_id
+    assert spans[GENERATION].parent_span_id == node.span_id
     assert spans["post"].parent_span_id == node.span_id
     assert spans["post"].span_id == inner.span_id
     assert spans["workflow"].kind == "workflow"
     assert spans["risk_scoring"].kind == "node"
-    assert spans["llm.generation"].kind == "generation"
+    assert spans[GENERATION].kind == "generation"
     assert first.span_id != node.span_id
 
 
@@ -500,7 +505,8 @@ def test_a_sampled_out_trace_still_counts_metrics_costs_and_failures(
     assert _counter(obs, "model_usage_count", model_version="risk-llm-v2", tenant_id="t1") == 1
     assert _counter(obs, "token_usage", tenant_id="t1", model_version="risk-llm-v2",
                     direction="input") == 1000
-    assert _counter(obs, "failure_count", category="INFRA_ERROR", tenant_id="t1") == 1
+    assert _counter(obs, "failure_count", category="INFRA_ERROR", tenant_id="t1",
+                    node=NO_NODE) == 1
     assert len(obs.audit.events(event="failure.classified")) == 1
 
 
@@ -531,7 +537,7 @@ def test_batched_run_appears_only_after_the_root_ends_all_of_it_exactly(
 
     spans = tracing.finished_spans()
     names = sorted(span.name for span in spans)
-    assert names == ["llm.generation"] * 3 + ["node-0", "node-1", "node-2", "workflow"]
+    assert names == [GENERATION] * 3 + ["node-0", "node-1", "node-2", "workflow"]
     assert len({span.span_id for span in spans}) == 7
     assert obs.costs.get_tenant_cost("t1") == 3 * Decimal("0.00036")
     assert obs.costs.get_request_cost("r1") == 3 * Decimal("0.00036")
@@ -539,9 +545,10 @@ def test_batched_run_appears_only_after_the_root_ends_all_of_it_exactly(
     assert _counter(obs, "token_usage", tenant_id="t1", model_version="risk-llm-v2",
                     direction="input") == 300
     assert _counter(obs, "prompt_usage_count", prompt_version="p1", tenant_id="t1") == 3
+    # Per generation: four usage counters and three GenAI histogram observations.
     health = obs.health().collectors
     assert (health["trace"].applied, health["cost"].applied, health["metrics"].applied) == (
-        7, 3, 12)
+        7, 3, 3 * 7)
     assert obs.health().dropped_total == 0
 
 
@@ -685,77 +692,72 @@ def test_end_span_with_a_bad_status_leaves_the_span_open(obs: Observability) -> 
 
 
 @pytest.mark.parametrize("batched", [True, False])
-def test_finish_records_the_span_duration_as_a_latency_metric(
+def test_a_span_sink_carries_its_work_s_metrics_with_the_run(
     obs: Observability, batched: bool
 ) -> None:
     """The node wrapper's end: the span and its latency come from one end time."""
     root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1", batch=batched)
-    span = obs.tracing.start_child_span("policy_check", "node")
-    labels = (("node", "policy_check"), ("status", "ok"), ("tenant_id", "t1"))
-    record = obs.tracing.finish(span, None, None, "node_execution_latency", labels)
+    span = obs.tracing.start_span_sync("policy_check", kind="node")
+    assert span.sink is root.sink
+    assert type(span.sink) is (RunOutbox if batched else RecordSink)
+    record = obs.tracing.end_span_sync(span)
+    latency = obs.metrics.histogram("node_execution_latency").labels(
+        node="policy_check", tenant_id="t1", status="ok")
+    span.sink.add_metric(latency.record(record.duration_seconds))
     if batched:  # still in the run's outbox until the root ends
         assert obs.flush(5.0)
         assert obs.metrics.export_metrics()["node_execution_latency"]["series"] == []
+        assert obs.tracing.finished_spans() == ()
     obs.tracing.end_span_sync(root)
     assert obs.flush(5.0)
     (series,) = obs.metrics.export_metrics()["node_execution_latency"]["series"]
-    assert series["labels"] == {"node": "policy_check", "status": "ok", "tenant_id": "t1"}
+    assert series["labels"] == {"node": "policy_check", "tenant_id": "t1", "status": "ok"}
     assert series["count"] == 1
-    assert series["sum"] == pytest.approx((record[6] - record[5]) / 1e9)
+    assert series["sum"] == pytest.approx((record.end_ns - record.start_ns) / 1e9)
     stored = {s.name: s for s in obs.tracing.finished_spans()}
-    assert stored["policy_check"].duration_ns == record[6] - record[5]
+    assert stored["policy_check"].duration_ns == record.end_ns - record.start_ns
     assert stored["policy_check"].parent_span_id == root.span_id
 
 
-class _CloseBeforeAppend(list):  # type: ignore[type-arg]
-    """A list whose next append first runs ``before`` (a thread switch at the worst moment)."""
-
-    def __init__(self, items: list[Any], before: Any) -> None:
-        super().__init__(items)
-        self.before = before
-
-    def append(self, item: Any) -> None:
-        before, self.before = self.before, None
-        if before is not None:
-            before()
-        super().append(item)
-
-
-def test_a_record_appended_while_the_root_closes_its_outbox_is_still_sent(
-    obs: Observability,
-) -> None:
-    """The descendant saw the outbox open; the root closed and emptied it before the append."""
-    root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1", batch=True)
-    child = obs.tracing.start_child_span("late_node", "node")
-    outbox = root.outbox
-    assert outbox is not None
-    # The root ends (in its own context) exactly between the child's check and append.
-    outbox.spans = _CloseBeforeAppend(outbox.spans, lambda: obs.tracing.finish(root))
-    obs.tracing.finish(child, None, None, "node_execution_latency",
-                       (("node", "late_node"), ("status", "ok"), ("tenant_id", "t1")))
-    assert obs.flush(5.0)
-    names = sorted(span.name for span in obs.tracing.finished_spans())
-    assert names == ["late_node", "wf"]
-    (series,) = obs.metrics.export_metrics()["node_execution_latency"]["series"]
-    assert series["count"] == 1
-    assert obs.health().dropped_total == 0
+def test_current_sink_is_the_run_outbox_inside_a_batched_run(obs: Observability) -> None:
+    tracing = obs.tracing
+    assert tracing.current_sink() is tracing.direct_sink  # no span: straight through
+    with tracing.span("plain") as plain:
+        assert plain.sink is tracing.direct_sink is tracing.current_sink()
+    with tracing.span("wf", kind="workflow", batch=True) as root:
+        assert type(root.sink) is RunOutbox and root.sink.open
+        assert tracing.current_sink() is root.sink
+        with tracing.span("node", kind="node") as node:
+            assert node.sink is root.sink is tracing.current_sink()
+            with tracing.span("inner", batch=True) as inner:  # a nested run of its own
+                assert type(inner.sink) is RunOutbox and inner.sink is not root.sink
+            assert inner.sink.open is False  # it ended: its records left
+        assert root.sink.open
+    assert root.sink.open is False
+    remote = tracing.extract({"traceparent": f"00-{_TRACE}-{_SPAN}-01"})
+    assert remote is not None
+    token = tracing.attach(remote)
+    try:
+        assert tracing.current_sink() is tracing.direct_sink  # a remote parent has no sink
+    finally:
+        tracing.detach(token)
 
 
 def test_early_sends_from_many_threads_never_duplicate_or_lose_a_record(
     obs: Observability,
 ) -> None:
-    """Nodes of one run on several threads all reach the outbox limit at once."""
+    """Nodes of one run on several threads fill the outbox past its limit again and again."""
     root = obs.tracing.start_span_sync("wf", kind="workflow", tenant_id="t1", batch=True)
-    assert root.outbox is not None
-    root.outbox.limit = 3
-    labels = (("node", "n"), ("status", "ok"), ("tenant_id", "t1"))
+    latency = obs.metrics.histogram("node_execution_latency").labels(
+        node="n", tenant_id="t1", status="ok")
     barrier = threading.Barrier(8)
 
     def node_spans() -> None:
         barrier.wait()
         for _ in range(250):
-            span = obs.tracing.start_child_span("n", "node")
-            obs.tracing.finish(span, None, None, "node_execution_latency", labels)
+            span = obs.tracing.start_span_sync("n", kind="node")
+            record = obs.tracing.end_span_sync(span)
+            span.sink.add_metric(latency.record(record.duration_seconds))
 
     threads = [threading.Thread(target=contextvars.copy_context().run, args=(node_spans,))
                for _ in range(8)]
@@ -763,13 +765,111 @@ def test_early_sends_from_many_threads_never_duplicate_or_lose_a_record(
         thread.start()
     for thread in threads:
         thread.join(30)
-    obs.tracing.finish(root)
+    assert obs.flush(10.0)
+    early = len(obs.tracing.finished_spans())
+    assert 0 < early < 8 * 250  # 4,000 records: sent early, the rest still in the outbox
+    obs.tracing.end_span_sync(root)
     assert obs.flush(10.0)
     spans = obs.tracing.finished_spans()
     assert len(spans) == 8 * 250 + 1
     assert len({span.span_id for span in spans}) == len(spans)
     (series,) = obs.metrics.export_metrics()["node_execution_latency"]["series"]
     assert series["count"] == 8 * 250
+    assert obs.health().dropped_total == 0
+
+
+# --- explicit start and end times -------------------------------------------------------
+
+
+def test_a_child_that_would_start_before_its_parent_is_clamped_and_says_so(
+    obs: Observability,
+) -> None:
+    tracing = obs.tracing
+    root = tracing.start_span_sync("wf", start_ns=time.time_ns() - 5_000_000_000)
+    early = tracing.start_span_sync("early", start_ns=root.start_ns - 1_000_000)
+    tracing.end_span_sync(early)
+    inside = tracing.start_span_sync("inside", start_ns=root.start_ns + 1_000)
+    tracing.end_span_sync(inside)
+    future = tracing.start_span_sync("future", start_ns=time.time_ns() + 10**12)
+    tracing.end_span_sync(future)
+    tracing.end_span_sync(root)
+
+    spans = _by_name(tracing.finished_spans())
+    assert spans["early"].start_ns == root.start_ns
+    assert spans["early"].attrs[START_CLAMPED_ATTRIBUTE] is True
+    assert spans["inside"].start_ns == root.start_ns + 1_000
+    assert START_CLAMPED_ATTRIBUTE not in spans["inside"].attrs
+    assert spans["future"].start_ns <= spans["future"].end_ns  # never starts in the future
+    assert START_CLAMPED_ATTRIBUTE not in spans["wf"].attrs  # a root is never clamped
+    assert spans["wf"].duration_ns >= 5_000_000_000
+
+
+def test_explicit_end_times_are_kept_and_checked(obs: Observability) -> None:
+    tracing = obs.tracing
+    span = tracing.start_span_sync("s", start_ns=1_700_000_000_000_000_000)
+    with pytest.raises(ValueError, match="end_ns"):
+        tracing.end_span_sync(span, end_ns=span.start_ns - 1)
+    with pytest.raises(ValueError, match="end_ns"):
+        tracing.end_span_sync(span, end_ns=float(span.start_ns + 1))  # type: ignore[arg-type]
+    assert not span.ended and tracing.current_span() is span
+    record = tracing.end_span_sync(span, end_ns=span.start_ns + 1_234)
+    assert record.duration_ns == 1_234
+    assert span.now_ns() >= span.start_ns
+    with pytest.raises(ValueError, match="start_ns"):
+        tracing.start_span_sync("bad", start_ns=-1)
+    with pytest.raises(ValueError, match="start_ns"):
+        tracing.start_span_sync("bad", start_ns="0")  # type: ignore[arg-type]
+    assert tracing.current_span() is None
+    assert [s.duration_ns for s in tracing.finished_spans()] == [1_234]
+
+
+def test_now_ns_is_the_span_clock(obs: Observability) -> None:
+    with obs.tracing.span("s") as span:
+        first = span.now_ns()
+        second = span.now_ns()
+        assert span.start_ns <= first <= second
+        record = obs.tracing.end_span_sync(span, end_ns=second)
+    assert record.end_ns == second
+
+
+# --- bounded text -------------------------------------------------------------------
+
+
+def test_long_text_attributes_and_error_messages_are_truncated_visibly(
+    make_obs: MakeObs,
+) -> None:
+    obs = make_obs(limits={"max_attribute_length": 32})
+    marker = TRUNCATION_MARKER.format(n=100 - 32)
+    with pytest.raises(ValueError), obs.tracing.span("s", attributes={"long": "a" * 100}) as s:
+        s.set_attribute("also", "b" * 100)
+        s.add_event("e", text="c" * 100)
+        raise ValueError("d" * 100)
+
+    (record,) = obs.tracing.finished_spans()
+    assert record.attrs["long"] == "a" * 32 + marker
+    assert record.attrs["also"] == "b" * 32 + marker
+    assert record.error_message == "d" * 32 + marker
+    event, exception = record.events
+    assert dict(event.attributes)["text"] == "c" * 32 + marker
+    assert dict(exception.attributes)["exception.message"] == "d" * 32 + marker
+    short = obs.tracing.end_span_sync(obs.tracing.start_span_sync("t", attributes={"k": "x"}))
+    assert short.attrs["k"] == "x"
+
+
+def test_ids_past_the_limit_are_refused(make_obs: MakeObs) -> None:
+    obs = make_obs(limits={"max_id_length": 8})
+    with pytest.raises(ValueError, match=r"tenant_id.*longer than 8"):
+        obs.tracing.start_span_sync("s", tenant_id="t" * 9)
+    with pytest.raises(ValueError, match=r"span name.*longer than 8"):
+        obs.tracing.start_span_sync("s" * 9)
+    assert obs.tracing.current_span() is None
+
+
+def test_the_retired_entry_points_are_gone(obs: Observability) -> None:
+    for name in ("record_finished", "record_finished_span", "start_child_span", "finish",
+                 "send_outbox", "current_outbox"):
+        assert not hasattr(obs.tracing, name), name
+    assert not hasattr(Span, "outbox")
 
 
 def test_a_span_cannot_be_constructed_directly() -> None:

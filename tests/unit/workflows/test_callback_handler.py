@@ -17,6 +17,7 @@ from langgraph.types import Command
 
 from app.errors import PolicyViolationError
 from app.observability import FailureCategory, Observability
+from app.observability.catalog import NO_NODE
 from app.workflows.langgraph import (
     GRAPH_NAME,
     NODE_NAMES,
@@ -191,7 +192,8 @@ async def test_a_failure_of_the_graph_itself_is_classified_at_the_workflow(
     assert classified == [excinfo.value]
     assert (handler.open_runs, handler.callback_errors) == (0, 0)
     assert await obs.aflush()
-    assert failures(obs) == [({"category": "WORKFLOW_ERROR", "tenant_id": "t1"}, 1)]
+    assert failures(obs) == [
+        ({"category": "WORKFLOW_ERROR", "tenant_id": "t1", "node": NO_NODE}, 1)]  # no node
     root, nodes = tree(obs, "req-rec")
     assert root.status == "error"
     assert root.attrs["error_type"] == "langgraph.errors.GraphRecursionError"

@@ -20,6 +20,7 @@ from app.errors import (
     WorkflowError,
 )
 from app.observability import FailureCategory, ModelPrice, Observability
+from app.observability.catalog import NO_NODE
 from app.workflows.langgraph import (
     LLMResponse,
     PromptVersion,
@@ -160,7 +161,26 @@ async def test_a_failure_is_classified_once_and_reaches_the_caller_unchanged(
     }
 
     spans = spans_by_name(obs)
-    assert set(spans) - {"llm.generation"} == {"risk_workflow", node, *ran_before}
+    generations = [span for span in spans.values() if span.kind == "generation"]
+    assert {n for n, span in spans.items() if span.kind != "generation"} == {
+        "risk_workflow", node, *ran_before}
+    if "risk_scoring" in ran_before:  # the model answered: one successful generation
+        (generation,) = generations
+        assert (generation.status, generation.parent_span_id) == (
+            "ok", spans["risk_scoring"].span_id)
+    elif node == "risk_scoring":  # the model call failed: still a generation, an error
+        (generation,) = generations
+        assert generation.name.startswith("chat ")
+        assert (generation.status, generation.error_type) == ("error", qualname(exc_type))
+        assert generation.attrs["error.type"] == qualname(exc_type)
+        assert generation.attrs["priced"] is False
+        assert generation.parent_span_id == spans["risk_scoring"].span_id
+        # Its duration is observed under the error type; no usage is counted or billed.
+        assert [labels["error_type"] for labels, _ in
+                series(obs, "gen_ai_client_operation_duration")] == [qualname(exc_type)]
+        assert series(obs, "model_usage_count") == []
+    else:
+        assert generations == []
     failed = spans[node]
     assert (failed.status, failed.error_type) == ("error", qualname(exc_type))
     assert failed.attrs["failure_category"] == category.value
@@ -231,8 +251,9 @@ async def test_a_failure_outside_any_node_is_classified_at_the_workflow_level(
         await wf.resume(request, {"decision": "approve", "reviewer": "alice"})
     assert classified == [excinfo.value]
     assert await obs.aflush()
+    # Outside any node: node="none" (every series has every declared label).
     assert series(obs, "failure_count") == [
-        ({"category": "WORKFLOW_ERROR", "tenant_id": TENANT}, 1)
+        ({"category": "WORKFLOW_ERROR", "tenant_id": TENANT, "node": NO_NODE}, 1)
     ]
     (event,) = obs.audit.events(event="failure.classified")
     assert (event.data["node"], event.data["request_id"]) == (None, "req-1")
@@ -255,7 +276,8 @@ async def test_high_risk_is_routed_to_approval_and_counted(
     assert await obs.aflush()
 
     assert classified == []  # no exception involved
-    assert series(obs, "failure_count") == [({"category": "HIGH_RISK", "tenant_id": TENANT}, 1)]
+    assert series(obs, "failure_count") == [
+        ({"category": "HIGH_RISK", "tenant_id": TENANT, "node": NO_NODE}, 1)]
     (event,) = obs.audit.events(event="failure.classified")
     assert (event.data["category"], event.data["tenant_id"], event.data["request_id"]) == (
         "HIGH_RISK", TENANT, "req-hr",
@@ -312,7 +334,8 @@ async def test_a_paused_and_resumed_high_risk_request_is_one_high_risk_failure(
     resumed = await wf.resume(request, {"decision": "reject", "reviewer": "bob"})
     assert (resumed.status, resumed.high_risk) == ("completed", True)
     assert await obs.aflush()
-    assert series(obs, "failure_count") == [({"category": "HIGH_RISK", "tenant_id": TENANT}, 1)]
+    assert series(obs, "failure_count") == [
+        ({"category": "HIGH_RISK", "tenant_id": TENANT, "node": NO_NODE}, 1)]
     assert len(obs.audit.events(event="failure.classified")) == 1
 
 

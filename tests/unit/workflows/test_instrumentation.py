@@ -13,6 +13,7 @@ import pytest
 
 from app.errors import PolicyViolationError
 from app.observability import FailureCategory, ModelPrice, Observability
+from app.observability.catalog import NO_TENANT
 from app.observability.settings import DEFAULT_PRICE_TABLE
 from app.workflows.langgraph import (
     GRAPH_NAME,
@@ -144,12 +145,13 @@ async def test_cost_per_request_and_tenant_is_the_price_table_times_the_tokens(
             (expected[rid] for rid, (t, _) in states.items() if t == tenant), Decimal(0)
         )
     assert obs.costs.get_total_cost() == sum(expected.values(), Decimal(0))
-    # The same exact cost is on each generation span.
+    # The same cost is on each generation span (GenAI conventions: a float and a currency).
     for rid, cost in expected.items():
         root = workflow_span(obs, rid)
         (generation,) = [s for s in obs.tracing.finished_spans(trace_id=root.trace_id)
                          if s.kind == "generation"]
-        assert Decimal(str(generation.attrs["cost_usd"])) == cost
+        assert generation.attrs["gen_ai.usage.cost.amount"] == float(cost)
+        assert generation.attrs["gen_ai.usage.cost.currency"] == "USD"
 
 
 @pytest.mark.asyncio
@@ -248,11 +250,20 @@ async def test_one_run_is_one_trace_workflow_nodes_generation(obs: Observability
     scoring = next(s for s in nodes if s.name == "risk_scoring")
     assert generation.parent_span_id == scoring.span_id
     call = state.llm_call
-    assert generation.attrs["model_version"] == call.model_version
+    assert generation.name == f"chat {call.model_version}"
+    assert generation.status == "ok"
+    assert generation.attrs["gen_ai.operation.name"] == "chat"
+    assert generation.attrs["gen_ai.provider.name"] == call.provider
+    assert generation.attrs["gen_ai.request.model"] == call.model_version
+    assert generation.attrs["gen_ai.response.model"] == call.model_version
     assert generation.attrs["prompt_version"] == call.prompt_version
-    assert generation.attrs["input_tokens"] == call.input_tokens > 0
-    assert generation.attrs["output_tokens"] == call.output_tokens > 0
-    assert Decimal(str(generation.attrs["cost_usd"])) == priced(dict(DEFAULT_PRICE_TABLE), call)
+    assert generation.attrs["gen_ai.usage.input_tokens"] == call.input_tokens > 0
+    assert generation.attrs["gen_ai.usage.output_tokens"] == call.output_tokens > 0
+    assert generation.attrs["gen_ai.usage.cost.amount"] == float(
+        priced(dict(DEFAULT_PRICE_TABLE), call))
+    assert generation.attrs["event_id"].startswith("gen-")
+    # The generation sits inside its node, ending no later than the node.
+    assert scoring.start_ns <= generation.start_ns <= generation.end_ns <= scoring.end_ns
     assert len(spans) == len(ESCALATE_PATH) + 2
 
     for span in spans:
@@ -358,10 +369,13 @@ async def test_wrap_node_outside_a_run_records_and_reraises(obs: Observability) 
     assert excinfo.value is error
     assert await obs.aflush()
 
-    assert {(labels["node"], labels["status"]) for labels, _ in
-            series(obs, "node_execution_latency")} == {("plain", "ok"), ("coro", "error")}
+    # Outside a run there is no tenant: the series say tenant_id="unknown".
+    assert {(labels["node"], labels["tenant_id"], labels["status"]) for labels, _ in
+            series(obs, "node_execution_latency")} == {
+        ("plain", NO_TENANT, "ok"), ("coro", NO_TENANT, "error")}
     assert series(obs, "failure_count") == [
-        ({"category": FailureCategory.POLICY_VIOLATION.value, "node": "coro"}, 1)
+        ({"category": FailureCategory.POLICY_VIOLATION.value, "tenant_id": NO_TENANT,
+          "node": "coro"}, 1)
     ]
     spans = {s.name: s for s in obs.tracing.finished_spans()}
     assert spans["plain"].parent_span_id == 0 and spans["plain"].status == "ok"
