@@ -10,7 +10,9 @@ with deadlines.
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -285,3 +287,34 @@ def test_postgres_going_away_buffers_retries_and_counts_drops() -> None:
             assert ids == {"before"} | {f"down-{i}" for i in range(100)}
         finally:
             ledger.close()
+
+
+@pytest.mark.timeout(300)
+def test_two_runs_of_the_main_job_add_up_in_the_ledger(ledger_url: str, tmp_path: Path) -> None:
+    """A second batch on the same ledger adds to the first; ``costs --json`` says the same."""
+    reported: list[tuple[Decimal, Decimal]] = []
+    for seed in (1, 2):
+        done = subprocess.run(
+            [sys.executable, "-m", "app", "--requests", "40", "--tenants", "3",
+             "--seed", str(seed), "--out", str(tmp_path / f"run-{seed}"),
+             "--ledger", ledger_url, "--quiet"],
+            cwd=ROOT, capture_output=True, text=True, timeout=DEADLINE, stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONPATH": str(ROOT)}, check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        found = re.search(
+            r"total cost \(ledger, every run so far\): \$([0-9.]+) .*; this run: \$([0-9.]+)",
+            done.stdout,
+        )
+        assert found is not None, done.stdout
+        reported.append((Decimal(found[1]), Decimal(found[2])))
+    (first_ledger, first_run), (second_ledger, second_run) = reported
+    assert first_run > 0 and second_run > 0
+    assert first_ledger == first_run
+    assert second_ledger == first_run + second_run  # exact: decimals, not floats
+    status, text = _cli("costs", "--ledger", ledger_url, "--json")
+    assert status == 0
+    totals = json.loads(text)
+    assert Decimal(totals["total"]) == second_ledger
+    assert sum(Decimal(value) for value in totals["tenants"].values()) == second_ledger
+    assert len(totals["tenants"]) == 3
