@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import base64
 import gzip
-import http.server
 import json
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from google.protobuf.json_format import ParseDict
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
+from tests._http import RecordedRequest, RecordingServer, serving
 from tests.integration._services import REPO, clean_environment
 
 RUN_TIMEOUT_SECONDS = 90
@@ -48,61 +47,32 @@ def _parse_otlp_json(document: dict[str, Any]) -> ExportTraceServiceRequest:
     return message
 
 
-class _JsonReceiver(http.server.ThreadingHTTPServer):
+class _JsonReceiver(RecordingServer):
+    """Takes OTLP/JSON only: ``requests`` holds ``(path, headers, parsed message)``."""
+
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.lock = threading.Lock()
-        self.requests: list[tuple[str, dict[str, str], ExportTraceServiceRequest]] = []
+        super().__init__()
         self.refused: list[str] = []
 
-    @property
-    def base_url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _JsonReceiver
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        content_type = self.headers.get("Content-Type", "")
+    def answer(self, request: RecordedRequest) -> tuple[int, bytes]:
+        content_type = request.headers.get("Content-Type", "")
         if content_type != "application/json":
-            with self.server.lock:
-                self.server.refused.append(content_type)
-            self._answer(415, b'{"message": "Unsupported content type"}')
-            return
-        if self.headers.get("Content-Encoding") == "gzip":
+            with self.lock:
+                self.refused.append(content_type)
+            return 415, b'{"message": "Unsupported content type"}'
+        body = request.body
+        if request.headers.get("Content-Encoding") == "gzip":
             body = gzip.decompress(body)
         message = _parse_otlp_json(json.loads(body))
-        with self.server.lock:
-            self.server.requests.append((self.path, dict(self.headers.items()), message))
-        self._answer(200, b"{}")
-
-    def _answer(self, status: int, body: bytes) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # the base class names it so
-        """Keep the test output quiet."""
+        with self.lock:
+            self.requests.append((request.path, request.headers, message))
+        return 200, b"{}"
 
 
 @pytest.fixture
 def receiver() -> Iterator[_JsonReceiver]:
-    server = _JsonReceiver()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
-                              name="otlp-json-receiver")
-    thread.start()
-    try:
+    with serving(_JsonReceiver()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
 def _run(out: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:

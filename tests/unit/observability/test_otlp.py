@@ -25,13 +25,12 @@ import base64
 import copy
 import enum
 import gzip
-import http.server
 import json
 import math
 import re
 import socket
-import threading
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -61,6 +60,7 @@ from app.observability.otlp import (
 )
 from app.observability.settings import ObservabilitySettings
 from collectors.records import SpanEvent, SpanRecord
+from tests._http import RecordedRequest, RecordingServer, serving
 
 # --- fixtures: a small trace built by hand --------------------------------
 
@@ -659,70 +659,34 @@ def test_write_otlp_json_rejects_bad_options_before_touching_disk(tmp_path: Path
 # --- OtlpHttpSender ----------------------------------------------------------
 
 
-class _Receiver(http.server.ThreadingHTTPServer):
+class _Receiver(RecordingServer):
     """A loopback OTLP/HTTP stand-in that records requests."""
 
     def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _ReceiverHandler)
-        self.requests: list[tuple[str, dict[str, str], bytes]] = []
-        self.status = 200
-        self.response_body = b"{}"
-        self.response_type = "application/json"
-        self.extra_headers: dict[str, str] = {}
+        super().__init__()
+        self.body = b"{}"
 
     @property
     def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}/v1/traces"
-
-
-class _ReceiverHandler(http.server.BaseHTTPRequestHandler):
-    server: _Receiver
-    protocol_version = "HTTP/1.1"
-
-    def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        body = self.rfile.read(length)
-        # Recorded before answering, so it is visible once send() returns.
-        self.server.requests.append((self.path, dict(self.headers.items()), body))
-        self.send_response(self.server.status)
-        for key, value in self.server.extra_headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Type", self.server.response_type)
-        self.send_header("Content-Length", str(len(self.server.response_body)))
-        self.end_headers()
-        self.wfile.write(self.server.response_body)
-
-    def log_message(self, format: str, *args: Any) -> None:  # the base class names it so
-        """Keep the test output quiet."""
+        return self.base_url + "/v1/traces"
 
 
 @pytest.fixture
 def receiver() -> Iterator[_Receiver]:
-    server = _Receiver()
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.01}, name="otlp-test-receiver"
-    )
-    thread.start()
-    try:
+    with serving(_Receiver()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
-        assert not thread.is_alive()
 
 
 def test_send_posts_binary_protobuf_by_default(receiver: _Receiver) -> None:
-    receiver.response_type = "application/x-protobuf"
-    receiver.response_body = ExportTraceServiceResponse().SerializeToString()
+    receiver.content_type = "application/x-protobuf"
+    receiver.body = ExportTraceServiceResponse().SerializeToString()
     sender = OtlpHttpSender(receiver.url, headers={"Authorization": "Bearer t0ken"})
     records = _trace()
 
     assert sender.send(records, service_version="0.7.0") is True
 
     assert (sender.protocol, sender.failures) == ("http/protobuf", 0)
-    (path, headers, body), = receiver.requests
+    (_, path, headers, body), = receiver.requests
     assert path == "/v1/traces"
     assert headers["Content-Type"] == "application/x-protobuf"
     assert "Content-Encoding" not in headers
@@ -743,7 +707,7 @@ def test_send_gzip_compresses_the_body(receiver: _Receiver, protocol: str) -> No
 
     assert sender.send(records) is True
 
-    (_, headers, body), = receiver.requests
+    (_, _, headers, body), = receiver.requests
     assert headers["Content-Encoding"] == "gzip"
     raw = gzip.decompress(body)
     message = ExportTraceServiceRequest()
@@ -775,7 +739,7 @@ def test_send_posts_valid_otlp_json(receiver: _Receiver) -> None:
     assert sender.send(records, service_version="0.7.0") is True
 
     assert sender.failures == 0
-    (path, headers, body), = receiver.requests
+    (_, path, headers, body), = receiver.requests
     assert path == "/v1/traces"
     assert headers["Content-Type"] == "application/json"
     assert headers["Authorization"] == "Bearer t0ken"
@@ -797,7 +761,7 @@ def test_send_always_sets_the_protocols_content_type(
 
     assert sender.send(_trace()) is True
 
-    (_, headers, _), = receiver.requests
+    (_, _, headers, _), = receiver.requests
     content_types = [v for k, v in headers.items() if k.lower() == "content-type"]
     assert content_types == [content_type]
     assert not [k for k in headers if k.lower() == "content-encoding"]
@@ -805,7 +769,7 @@ def test_send_always_sets_the_protocols_content_type(
 
 def test_send_server_error_is_false_counted_and_logged(receiver: _Receiver) -> None:
     receiver.status = 500
-    receiver.response_body = b'{"code": 13, "message": "collector broke"}'
+    receiver.body = b'{"code": 13, "message": "collector broke"}'
     sender = OtlpHttpSender(receiver.url, headers={"Authorization": "Bearer secret"})
 
     with structlog.testing.capture_logs() as logs:
@@ -829,11 +793,11 @@ def test_send_redirect_is_a_failure(receiver: _Receiver) -> None:
     assert sender.send(_trace()) is False
 
     assert sender.failures == 1
-    assert [path for path, _, _ in receiver.requests] == ["/v1/traces"]  # not followed
+    assert [request.path for request in receiver.requests] == ["/v1/traces"]  # not followed
 
 
 def test_send_partial_success_is_true_and_counted(receiver: _Receiver) -> None:
-    receiver.response_body = (
+    receiver.body = (
         b'{"partialSuccess": {"rejectedSpans": "2", "errorMessage": "too old"}}'
     )
     sender = OtlpHttpSender(receiver.url)
@@ -851,8 +815,8 @@ def test_send_partial_success_in_a_protobuf_answer_is_counted(receiver: _Receive
     answer = ExportTraceServiceResponse()
     answer.partial_success.rejected_spans = 3
     answer.partial_success.error_message = "bad span"
-    receiver.response_type = "application/x-protobuf"
-    receiver.response_body = answer.SerializeToString()
+    receiver.content_type = "application/x-protobuf"
+    receiver.body = answer.SerializeToString()
     sender = OtlpHttpSender(receiver.url)
 
     with structlog.testing.capture_logs() as logs:
@@ -864,8 +828,8 @@ def test_send_partial_success_in_a_protobuf_answer_is_counted(receiver: _Receive
 
 
 def test_send_ignores_an_answer_body_that_is_not_otlp(receiver: _Receiver) -> None:
-    receiver.response_type = "text/plain"
-    receiver.response_body = b"\xff\xfenot protobuf"
+    receiver.content_type = "text/plain"
+    receiver.body = b"\xff\xfenot protobuf"
     sender = OtlpHttpSender(receiver.url)
 
     assert sender.send(_trace()) is True
@@ -927,35 +891,18 @@ class _Answers(_Receiver):
         if retry_after is not None:
             self.extra_headers = {"Retry-After": retry_after}
 
-
-class _AnswersHandler(_ReceiverHandler):
-    server: _Answers
-
-    def do_POST(self) -> None:
-        statuses = self.server.statuses
-        self.server.status = statuses.pop(0) if statuses else 200
-        super().do_POST()
+    def answer(self, request: RecordedRequest) -> tuple[int, bytes]:
+        self.status = self.statuses.pop(0) if self.statuses else 200
+        return super().answer(request)
 
 
 @pytest.fixture
 def answers() -> Iterator[Callable[..., _Answers]]:
-    servers: list[tuple[_Answers, threading.Thread]] = []
+    with ExitStack() as stack:
+        def start(*statuses: int, retry_after: str | None = None) -> _Answers:
+            return stack.enter_context(serving(_Answers(*statuses, retry_after=retry_after)))
 
-    def start(*statuses: int, retry_after: str | None = None) -> _Answers:
-        server = _Answers(*statuses, retry_after=retry_after)
-        server.RequestHandlerClass = _AnswersHandler
-        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
-        thread.start()
-        servers.append((server, thread))
-        return server
-
-    try:
         yield start
-    finally:
-        for server, thread in servers:
-            server.shutdown()
-            server.server_close()
-            thread.join(timeout=10)
 
 
 @pytest.mark.parametrize("status", [429, 502, 503, 504])
@@ -970,7 +917,7 @@ def test_a_retryable_answer_is_retried_with_exponential_backoff(
 
     assert len(receiver.requests) == 3
     assert (sender.retries, sender.failures, waits) == (2, 0, [0.5, 1.0])
-    assert receiver.requests[0][2] == receiver.requests[2][2]  # the same body again
+    assert receiver.requests[0].body == receiver.requests[2].body  # the same body again
 
 
 def test_retry_after_seconds_are_honoured_up_to_the_longest_backoff(

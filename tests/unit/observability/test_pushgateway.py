@@ -6,11 +6,8 @@ The real Pushgateway is exercised in ``tests/integration/test_pushgateway_to_pro
 from __future__ import annotations
 
 import base64
-import http.server
 import socket
-import threading
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -20,65 +17,24 @@ from app.observability.pushgateway import (
     grouping_path,
     push_metrics,
 )
+from tests._http import RecordingServer, serving
 
 EXPOSITION = "# TYPE x_total counter\nx_total 1\n"
 
 
-class _Gateway(http.server.ThreadingHTTPServer):
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.requests: list[tuple[str, str, dict[str, str], bytes]] = []
-        self.status = 200
-        self.body = b""
-        self.extra_headers: dict[str, str] = {}
-
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: _Gateway
-    protocol_version = "HTTP/1.1"
-
-    def _answer(self) -> None:
-        length = int(self.headers.get("Content-Length", "0"))
-        body = self.rfile.read(length)
-        self.server.requests.append((self.command, self.path, dict(self.headers.items()), body))
-        self.send_response(self.server.status)
-        for key, value in self.server.extra_headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(self.server.body)))
-        self.end_headers()
-        self.wfile.write(self.server.body)
-
-    do_PUT = do_POST = do_GET = _answer
-
-    def log_message(self, format: str, *args: Any) -> None:  # the base class names it so
-        """Keep the test output quiet."""
-
-
 @pytest.fixture
-def gateway() -> Iterator[_Gateway]:
-    server = _Gateway()
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01})
-    thread.start()
-    try:
+def gateway() -> Iterator[RecordingServer]:
+    with serving(RecordingServer()) as server:
         yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=10)
 
 
-def test_push_puts_the_text_exposition_under_job_and_instance(gateway: _Gateway) -> None:
-    url = push_metrics(gateway.url + "/", EXPOSITION, grouping_key={"instance": "host-1"})
+def test_push_puts_the_text_exposition_under_job_and_instance(gateway: RecordingServer) -> None:
+    url = push_metrics(gateway.base_url + "/", EXPOSITION, grouping_key={"instance": "host-1"})
 
     (method, path, headers, body), = gateway.requests
     assert method == "PUT"
     assert path == "/metrics/job/risk_engine_batch/instance/host-1"
-    assert url == gateway.url + path
+    assert url == gateway.base_url + path
     assert headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     assert body == EXPOSITION.encode()
     assert DEFAULT_JOB == "risk_engine_batch"
@@ -125,20 +81,20 @@ def test_bad_gateway_urls_are_refused(url: str) -> None:
         push_metrics(url, EXPOSITION)
 
 
-def test_an_error_answer_is_a_clear_error_with_the_gateways_text(gateway: _Gateway) -> None:
+def test_an_error_answer_is_a_clear_error_with_the_gateways_text(gateway: RecordingServer) -> None:
     gateway.status = 400
     gateway.body = b"pushed metrics are invalid or inconsistent with existing metrics"
 
     with pytest.raises(PushgatewayError, match=r"HTTP 400 .*inconsistent with existing"):
-        push_metrics(gateway.url, EXPOSITION)
+        push_metrics(gateway.base_url, EXPOSITION)
 
 
-def test_a_redirect_is_not_followed(gateway: _Gateway) -> None:
+def test_a_redirect_is_not_followed(gateway: RecordingServer) -> None:
     gateway.status = 307
-    gateway.extra_headers = {"Location": gateway.url + "/elsewhere"}
+    gateway.extra_headers = {"Location": gateway.base_url + "/elsewhere"}
 
     with pytest.raises(PushgatewayError, match="HTTP 307"):
-        push_metrics(gateway.url, EXPOSITION)
+        push_metrics(gateway.base_url, EXPOSITION)
     assert [path for _, path, _, _ in gateway.requests] == ["/metrics/job/risk_engine_batch"]
 
 
