@@ -169,7 +169,7 @@ def _env(**values: str) -> Iterator[None]:
 
 
 def _llm_loop(obs: Any, nodes: int) -> None:
-    """``nodes`` LLM nodes instrumented as the workflow does it (bound handles)."""
+    """``nodes`` LLM nodes instrumented through the bound handles, one record at a time."""
     start = obs.tracing.start_span_sync
     end = obs.tracing.end_span_sync
     requests = obs.metrics.counter("request_count")
